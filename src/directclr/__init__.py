@@ -1,0 +1,4 @@
+"""directclr
+"""
+
+__version__ = "0.1"

@@ -1,0 +1,89 @@
+"""A Kedro dataset for tensors, state dicts and nested dicts of them, loaded safely.
+
+Saved with ``torch.save`` and loaded with ``torch.load(weights_only=True)``: a file can hold
+tensors, numbers, strings, lists and dicts, never arbitrary pickled objects.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from copy import deepcopy
+from pathlib import PurePosixPath
+from typing import Any
+
+import fsspec
+import torch
+from kedro.io.core import (
+    AbstractVersionedDataset,
+    DatasetError,
+    Version,
+    get_filepath_str,
+    get_protocol_and_path,
+)
+
+
+class TorchDataset(AbstractVersionedDataset[Any, Any]):
+    """Loads and saves weights-only torch files (``.pt``) on any fsspec filesystem.
+
+    Example catalog entry::
+
+        directclr.model:
+          type: directclr.datasets.TorchDataset
+          filepath: data/06_models/directclr/model.pt
+          versioned: true
+    """
+
+    def __init__(
+        self,
+        *,
+        filepath: str | os.PathLike,
+        version: Version | None = None,
+        credentials: dict[str, Any] | None = None,
+        fs_args: dict[str, Any] | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        fs_args = deepcopy(fs_args) or {}
+        protocol, path = get_protocol_and_path(str(filepath), version)
+        self._protocol = protocol
+        if protocol == "file":
+            fs_args.setdefault("auto_mkdir", True)
+        self._fs = fsspec.filesystem(protocol, **(credentials or {}), **fs_args)
+        self.metadata = metadata
+        super().__init__(
+            filepath=PurePosixPath(path),
+            version=version,
+            exists_function=self._fs.exists,
+            glob_function=self._fs.glob,
+        )
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": self._filepath, "protocol": self._protocol, "version": self._version}
+
+    def load(self) -> Any:
+        load_path = get_filepath_str(self._get_load_path(), self._protocol)
+        with self._fs.open(load_path, mode="rb") as f:
+            buffer = io.BytesIO(f.read())
+        try:
+            return torch.load(buffer, map_location="cpu", weights_only=True)
+        except Exception as err:  # torch raises several types for a bad file
+            raise DatasetError(
+                f"{load_path} is not a weights-only torch file ({err.__class__.__name__}: "
+                f"{str(err).splitlines()[0]}); it may be corrupt or from another program"
+            ) from err
+
+    def save(self, data: Any) -> None:
+        save_path = get_filepath_str(self._get_save_path(), self._protocol)
+        buffer = io.BytesIO()
+        torch.save(data, buffer)
+        # Written in one piece after serialisation succeeded: no half-written file.
+        with self._fs.open(save_path, mode="wb") as f:
+            f.write(buffer.getvalue())
+        self._fs.invalidate_cache(save_path)
+
+    def _exists(self) -> bool:
+        try:
+            load_path = get_filepath_str(self._get_load_path(), self._protocol)
+        except DatasetError:
+            return False
+        return self._fs.exists(load_path)

@@ -1,0 +1,1 @@
+"""The five stages, each a modular pipeline with thin nodes over the library."""

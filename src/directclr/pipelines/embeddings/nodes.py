@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+import logging
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from directclr.training import encode, model_from_artifact, resolve_device
+
+logger = logging.getLogger(__name__)
+
+
+class EmbeddingsConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    batch_size: int = Field(1024, ge=1)
+    device: str = "auto"
+
+    def model_post_init(self, __context) -> None:
+        resolve_device(self.device)
+
+
+def export_embeddings(model: dict, dataset: dict, params: EmbeddingsConfig) -> dict:
+    """Representations r and embeddings z of both splits, with their labels."""
+    frozen = model_from_artifact(model)
+    out = {}
+    for split in ("train", "test"):
+        r, z = encode(frozen, dataset[f"{split}_images"], params.batch_size, params.device)
+        out[f"{split}_r"], out[f"{split}_z"] = r, z
+        out[f"{split}_labels"] = dataset[f"{split}_labels"]
+    logger.info(
+        "embeddings: model -> r %s and z %s for %d train and %d test images",
+        tuple(out["train_r"].shape[1:]), tuple(out["train_z"].shape[1:]),
+        len(out["train_r"]), len(out["test_r"]),
+    )  # fmt: skip
+    return out

@@ -1,0 +1,17 @@
+from kedro.pipeline import Node, Pipeline
+
+from .nodes import evaluate_linear_probe
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return Pipeline(
+        [
+            Node(
+                evaluate_linear_probe,
+                inputs=["embeddings", "dataset", "spectrum_metrics", "params:linear_eval"],
+                outputs="linear_eval_metrics",
+                name="evaluate_linear_probe",
+            )
+        ],
+        tags="linear_eval",
+    )

@@ -1,0 +1,62 @@
+import pytest
+import torch
+
+from directclr.models import METHODS, build_projector
+from directclr.training import ModelConfig, build_model
+
+
+def _model(method, **kw):
+    return build_model(ModelConfig(method=method, width=4, d0=8, projector_hidden_dim=16,
+                                   projector_dim=12, **kw), 1, [0.5], [0.25])  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("method", "z_dim"),
+    [("simclr", 12), ("simclr_linear", 12), ("no_projector", 32), ("orthogonal", 32),
+     ("diagonal", 32), ("fixed_low_rank", 8), ("directclr", 8), ("random_subset", 8)],
+)  # fmt: skip
+def test_every_method_maps_r_to_z_of_the_right_size(method, z_dim):
+    model = _model(method).eval()
+    r, z = model(torch.rand(5, 1, 8, 8))
+    assert r.shape == (5, 32)
+    assert z.shape == (5, z_dim)
+    assert set(METHODS) >= {method}
+
+
+def test_directclr_embedding_is_the_leading_subvector_of_r():
+    model = _model("directclr").eval()
+    r, z = model(torch.rand(5, 1, 8, 8))
+    torch.testing.assert_close(z, r[:, :8])
+    assert sum(p.numel() for p in model.projector.parameters()) == 0
+
+
+def test_fixed_low_rank_projector_is_fixed_and_keeps_inner_products_of_its_span():
+    projector = build_projector("fixed_low_rank", 32, 8, 0, 0, seed=0)
+    assert not list(projector.parameters())
+    basis = projector.basis
+    torch.testing.assert_close(basis.T @ basis, torch.eye(8), atol=1e-5, rtol=0)
+    x = torch.randn(3, 8) @ basis.T  # vectors inside the span
+    torch.testing.assert_close(projector(x) @ projector(x).T, x @ x.T, atol=1e-4, rtol=1e-4)
+
+
+def test_orthogonal_projector_stays_orthogonal():
+    weight = _model("orthogonal").projector.weight
+    torch.testing.assert_close(weight @ weight.T, torch.eye(32), atol=1e-5, rtol=0)
+
+
+def test_random_subset_draws_a_new_subset_each_training_step():
+    projector = build_projector("random_subset", 32, 8, 0, 0, seed=0).train()
+    r = torch.arange(32.0).expand(2, 32)
+    first, second = projector(r), projector(r)
+    assert not torch.equal(first, second)
+    assert projector.eval()(r)[0].tolist() == list(range(8))
+
+
+def test_d0_larger_than_the_representation_is_rejected():
+    with pytest.raises(ValueError, match="d0=64 is larger than the representation"):
+        build_model(ModelConfig(method="directclr", width=4, d0=64), 1, [0.0], [1.0])
+
+
+def test_unknown_method_is_rejected():
+    with pytest.raises(ValueError, match="method"):
+        ModelConfig(method="byol")

@@ -1,0 +1,91 @@
+import pandas as pd
+import pytest
+import torch
+
+from directclr.training import (
+    PretrainingConfig,
+    encode,
+    learning_rate,
+    model_artifact,
+    model_from_artifact,
+    pretrain,
+    resolve_device,
+)
+
+TINY = dict(width=4, d0=8, epochs=2, batch_size=64, warmup_epochs=1, projector_hidden_dim=16,
+            projector_dim=8)  # fmt: skip
+
+
+def _train(digits, **overrides):
+    dataset, card = digits
+    config = PretrainingConfig(**{**TINY, **overrides})
+    images, labels = dataset["train_images"][:256], dataset["train_labels"][:256]
+    return pretrain(images, labels, config, card["channel_mean"], card["channel_std"])
+
+
+def test_schedule_warms_up_linearly_then_decays_to_zero():
+    lrs = [learning_rate(s, 100, 10, 1.0) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert lrs[10] == pytest.approx(1.0)
+    assert lrs[55] == pytest.approx(0.5, abs=0.02)
+    assert lrs[-1] < 0.001
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False))
+
+
+def test_pretraining_records_history_and_is_deterministic(digits):
+    model_a, history_a = _train(digits)
+    model_b, history_b = _train(digits)
+    assert list(history_a.columns) == [
+        "epoch", "step", "loss", "lr", "online_probe_accuracy", "images_per_s",
+        "effective_rank_r", "effective_rank_z",
+    ]  # fmt: skip
+    assert history_a["epoch"].tolist() == [1, 2]
+    assert history_a["step"].tolist() == [4, 8]
+    assert (history_a["loss"] > 0).all()
+    assert history_a["effective_rank_r"].between(1, 32).all()
+    assert history_a["effective_rank_z"].between(1, 8).all()
+    pd.testing.assert_series_equal(history_a["loss"], history_b["loss"])
+    for (name, a), b in zip(model_a.state_dict().items(), model_b.state_dict().values(),
+                            strict=True):  # fmt: skip
+        torch.testing.assert_close(a, b, msg=name)
+
+
+@pytest.mark.parametrize("method", ["simclr", "directclr"])
+def test_model_artifact_round_trip_gives_the_same_outputs(digits, method):
+    model, _ = _train(digits, method=method, epochs=1)
+    config = PretrainingConfig(**{**TINY, "method": method})
+    artifact = model_artifact(model, config, in_channels=1)
+    rebuilt = model_from_artifact(artifact)
+    images = digits[0]["test_images"][:50]
+    for a, b in zip(encode(model, images), encode(rebuilt, images), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_a_non_finite_loss_stops_the_run_naming_step_and_lr(digits, monkeypatch):
+    monkeypatch.setattr("directclr.training.info_nce", lambda *a: torch.tensor(float("nan")))
+    with pytest.raises(FloatingPointError, match=r"at step 0 .*lr"):
+        _train(digits)
+
+
+def test_batch_larger_than_the_dataset_is_rejected_before_training(digits):
+    with pytest.raises(ValueError, match="batch_size=512 is larger than the training set"):
+        _train(digits, batch_size=512)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("method", "nope"), ("batch_size", 1), ("temperature", 0.0), ("epochs", 0), ("lr", -1.0),
+     ("d0", 0), ("optimizer", "rmsprop"), ("backbone", "vgg")],
+)  # fmt: skip
+def test_bad_parameters_name_the_parameter(field, value):
+    with pytest.raises(ValueError, match=field):
+        PretrainingConfig(**{field: value})
+
+
+def test_absent_device_is_rejected():
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU is present"):
+            PretrainingConfig(device="cuda")
+    with pytest.raises(ValueError, match="not a torch device"):
+        resolve_device("toaster")
+    assert resolve_device("cpu").type == "cpu"
