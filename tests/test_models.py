@@ -60,3 +60,33 @@ def test_d0_larger_than_the_representation_is_rejected():
 def test_unknown_method_is_rejected():
     with pytest.raises(ValueError, match="method"):
         ModelConfig(method="byol")
+
+
+def test_resnet18_has_a_cifar_stem_and_a_512_d_representation():
+    from directclr.models import build_backbone, representation_dim
+
+    backbone = build_backbone("resnet18", in_channels=3)
+    assert backbone.net.conv1.kernel_size == (3, 3) and backbone.net.conv1.stride == (1, 1)
+    assert isinstance(backbone.net.maxpool, torch.nn.Identity)
+    assert backbone(torch.rand(2, 3, 32, 32)).shape == (2, 512) == (2, backbone.output_dim)
+    assert representation_dim("resnet18", 64) == 512
+    gray = build_backbone("resnet18", in_channels=1)
+    assert gray(torch.rand(2, 1, 16, 16)).shape == (2, 512)
+
+
+def test_resnet50_keeps_the_imagenet_stem_and_zero_init_residual_is_an_option():
+    from directclr.models import build_backbone, representation_dim
+
+    backbone = build_backbone("resnet50", in_channels=3, zero_init_residual=True)
+    assert backbone.net.conv1.kernel_size == (7, 7)
+    assert backbone.output_dim == representation_dim("resnet50", 64) == 2048
+    assert backbone.net.layer1[0].bn3.weight.abs().sum() == 0
+    plain = build_backbone("resnet50", in_channels=3)
+    assert plain.net.layer1[0].bn3.weight.abs().sum() > 0
+    assert backbone.eval()(torch.rand(1, 3, 64, 64)).shape == (1, 2048)
+
+
+def test_d0_is_checked_against_the_backbone_before_building():
+    with pytest.raises(ValueError, match="d0=600 is larger than the representation"):
+        ModelConfig(method="directclr", backbone="resnet18", d0=600)
+    assert ModelConfig(method="directclr", backbone="resnet50", d0=600).d0 == 600

@@ -49,6 +49,8 @@ def test_directclr_pipeline_writes_every_artifact_with_sane_metrics(project):
         "03_primary/dataset_card.json",
         "06_models/directclr/model.pt",
         "07_model_output/directclr/training_history.csv",
+        "07_model_output/directclr/spectrum_history.csv",
+        "08_reporting/directclr/training_history.png",
         "07_model_output/directclr/embeddings.pt",
         "08_reporting/directclr/spectrum.csv",
         "08_reporting/directclr/spectrum_metrics.json",
@@ -68,6 +70,9 @@ def test_directclr_pipeline_writes_every_artifact_with_sane_metrics(project):
     spectrum = load_json(project, "08_reporting/directclr/spectrum_metrics.json")
     assert set(spectrum) >= {"r_train", "z_train", "r_test", "z_test", "convention"}
     assert 0 <= spectrum["r_test"]["collapsed_dimensions"] < 64
+
+    (checkpoint,) = (project / "data/06_models/directclr/checkpoints").glob("directclr-*.pt")
+    assert checkpoint.stat().st_size > 0
 
     card = load_json(project, "03_primary/dataset_card.json")
     assert card["counts"] == {"train": 1437, "test": 360}

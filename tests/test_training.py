@@ -2,10 +2,10 @@ import pandas as pd
 import pytest
 import torch
 
+from directclr.optim import learning_rate
 from directclr.training import (
     PretrainingConfig,
     encode,
-    learning_rate,
     model_artifact,
     model_from_artifact,
     pretrain,
@@ -20,7 +20,8 @@ def _train(digits, **overrides):
     dataset, card = digits
     config = PretrainingConfig(**{**TINY, **overrides})
     images, labels = dataset["train_images"][:256], dataset["train_labels"][:256]
-    return pretrain(images, labels, config, card["channel_mean"], card["channel_std"])
+    model, history, _ = pretrain(images, labels, config, card["channel_mean"], card["channel_std"])
+    return model, history
 
 
 def test_schedule_warms_up_linearly_then_decays_to_zero():
@@ -62,8 +63,19 @@ def test_model_artifact_round_trip_gives_the_same_outputs(digits, method):
 
 
 def test_a_non_finite_loss_stops_the_run_naming_step_and_lr(digits, monkeypatch):
-    monkeypatch.setattr("directclr.training.info_nce", lambda *a: torch.tensor(float("nan")))
-    with pytest.raises(FloatingPointError, match=r"at step 0 .*lr"):
+    from directclr.losses import info_nce
+
+    calls = []
+
+    def nan_from_step_5(z1, z2, temperature):
+        calls.append(1)
+        loss = info_nce(z1, z2, temperature)
+        return loss * float("nan") if len(calls) > 5 else loss
+
+    monkeypatch.setattr("directclr.training.info_nce", nan_from_step_5)
+    # 4 steps per epoch: step 5 is the second step of epoch 2; lr there is known.
+    expected_lr = learning_rate(5, 8, 4, 1e-3)
+    with pytest.raises(FloatingPointError, match=rf"at step 5 \(epoch 2, lr {expected_lr:.3g}\)"):
         _train(digits)
 
 
@@ -89,3 +101,31 @@ def test_absent_device_is_rejected():
     with pytest.raises(ValueError, match="not a torch device"):
         resolve_device("toaster")
     assert resolve_device("cpu").type == "cpu"
+
+
+def test_bf16_autocast_trains_with_finite_loss(digits):
+    _, history = _train(digits, precision="bf16", epochs=1)
+    assert history["loss"].notna().all() and (history["loss"] > 0).all()
+
+
+def test_lars_with_linear_lr_scaling_trains(digits):
+    _, history = _train(digits, optimizer="lars", lr=0.3, lr_scaling="linear", epochs=1)
+    assert history["lr"].iloc[0] <= 0.3 * 64 / 256 + 1e-12
+    assert (history["loss"] > 0).all()
+
+
+def test_training_is_silent_on_stderr_when_not_a_terminal(digits, capfd):
+    _train(digits, epochs=1)
+    assert capfd.readouterr().err == ""
+
+
+def test_spectrum_history_is_long_format(digits):
+    dataset, card = digits
+    config = PretrainingConfig(**{**TINY, "rank_every": 1})
+    _, history, spectra = pretrain(dataset["train_images"][:256], dataset["train_labels"][:256],
+                                   config, card["channel_mean"], card["channel_std"])  # fmt: skip
+    assert list(spectra.columns) == ["epoch", "step", "vectors", "index", "eigenvalue"]
+    assert len(spectra) == 2 * (32 + 8)
+    assert (spectra["eigenvalue"] >= 0).all()
+    first = spectra[(spectra.epoch == 1) & (spectra.vectors == "r")]["eigenvalue"].to_numpy()
+    assert (first[:-1] >= first[1:]).all()

@@ -15,12 +15,15 @@ from typing import Any
 import fsspec
 import torch
 from kedro.io.core import (
+    AbstractDataset,
     AbstractVersionedDataset,
     DatasetError,
     Version,
     get_filepath_str,
     get_protocol_and_path,
 )
+
+from directclr.checkpoints import CheckpointStore
 
 
 class TorchDataset(AbstractVersionedDataset[Any, Any]):
@@ -87,3 +90,27 @@ class TorchDataset(AbstractVersionedDataset[Any, Any]):
         except DatasetError:
             return False
         return self._fs.exists(load_path)
+
+
+class CheckpointDirectory(AbstractDataset[None, CheckpointStore]):
+    """Hands the pretraining node a :class:`~directclr.checkpoints.CheckpointStore`.
+
+    Checkpoints are written during training, not returned by a node, so this entry is
+    read-only in the pipeline: loading it gives the store for its folder.
+    """
+
+    def __init__(self, *, filepath: str, metadata: dict[str, Any] | None = None) -> None:
+        self._filepath = filepath
+        self.metadata = metadata
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": self._filepath}
+
+    def load(self) -> CheckpointStore:
+        return CheckpointStore(self._filepath)
+
+    def save(self, data: None) -> None:
+        raise DatasetError("checkpoints are written by the training loop, not saved by a node")
+
+    def _exists(self) -> bool:
+        return True

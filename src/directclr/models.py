@@ -7,6 +7,7 @@ representation r to the embedding z the InfoNCE loss sees.
 from __future__ import annotations
 
 import torch
+import torchvision
 from torch import nn
 
 METHODS = (
@@ -19,7 +20,7 @@ METHODS = (
     "directclr",
     "random_subset",
 )
-BACKBONES = ("small_cnn",)
+BACKBONES = ("small_cnn", "resnet18", "resnet50")
 
 
 class SmallCNN(nn.Module):
@@ -33,8 +34,11 @@ class SmallCNN(nn.Module):
         super().__init__()
 
         def block(cin: int, cout: int) -> list[nn.Module]:
-            return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
-                    nn.ReLU(inplace=True)]
+            return [
+                nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(inplace=True),
+            ]
 
         self.features = nn.Sequential(
             *block(in_channels, width),
@@ -126,9 +130,57 @@ class RandomSubvector(nn.Module):
         return r[:, index.to(r.device)]
 
 
-def build_backbone(name: str, in_channels: int, width: int) -> nn.Module:
+class ResNetBackbone(nn.Module):
+    """A torchvision ResNet without its classifier: the representation is the pooled features.
+
+    ``cifar_stem`` replaces the 7x7 stride-2 stem and its max-pool with a 3x3 stride-1 conv,
+    the usual choice for 32-96 px images. ``zero_init_residual`` starts every residual block
+    as the identity (its last BN's scale at zero).
+    """
+
+    def __init__(
+        self, depth: int, in_channels: int, cifar_stem: bool, zero_init_residual: bool
+    ) -> None:
+        super().__init__()
+        factory = {18: torchvision.models.resnet18, 50: torchvision.models.resnet50}[depth]
+        net = factory(weights=None, zero_init_residual=zero_init_residual)
+        if cifar_stem:
+            net.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
+            net.maxpool = nn.Identity()
+        elif in_channels != 3:
+            net.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
+        self.output_dim = net.fc.in_features
+        net.fc = nn.Identity()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def representation_dim(backbone: str, width: int) -> int:
+    """Size of r for a backbone, known before building it."""
+    if backbone == "small_cnn":
+        return 8 * width
+    if backbone == "resnet18":
+        return 512
+    if backbone == "resnet50":
+        return 2048
+    raise ValueError(f"unknown backbone {backbone!r}; choose one of {BACKBONES}")
+
+
+def build_backbone(
+    name: str, in_channels: int, width: int = 64, zero_init_residual: bool = False
+) -> nn.Module:
+    """``small_cnn`` (up to 32 px), ``resnet18`` with a CIFAR stem (32-96 px), ``resnet50``
+    with torchvision's ImageNet stem."""
     if name == "small_cnn":
         return SmallCNN(in_channels, width)
+    if name == "resnet18":
+        return ResNetBackbone(18, in_channels, cifar_stem=True,
+                              zero_init_residual=zero_init_residual)  # fmt: skip
+    if name == "resnet50":
+        return ResNetBackbone(50, in_channels, cifar_stem=False,
+                              zero_init_residual=zero_init_residual)  # fmt: skip
     raise ValueError(f"unknown backbone {name!r}; choose one of {BACKBONES}")
 
 

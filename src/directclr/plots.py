@@ -43,3 +43,24 @@ def spectrum_figure(spectra: dict[str, np.ndarray], title: str) -> plt.Figure:
     fig.tight_layout()
     plt.close(fig)
     return fig
+
+
+def training_history_figure(history: pd.DataFrame, title: str) -> plt.Figure:
+    """Loss, online-probe accuracy and effective ranks of r and z against the epoch."""
+    sns.set_theme(style="whitegrid")
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.5), dpi=120)
+    sns.lineplot(data=history, x="epoch", y="loss", ax=axes[0], marker="o")
+    axes[0].set_title("InfoNCE loss")
+    sns.lineplot(data=history, x="epoch", y="online_probe_accuracy", ax=axes[1], marker="o")
+    axes[1].set_title("online linear probe (train batches)")
+    ranks = history.melt(
+        id_vars="epoch", value_vars=["effective_rank_r", "effective_rank_z"],
+        var_name="vectors", value_name="effective rank",
+    ).dropna()  # fmt: skip
+    ranks["vectors"] = ranks["vectors"].str.removeprefix("effective_rank_")
+    sns.lineplot(data=ranks, x="epoch", y="effective rank", hue="vectors", ax=axes[2], marker="o")
+    axes[2].set_title("effective rank on a fixed probe batch")
+    fig.suptitle(title)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig

@@ -3,14 +3,19 @@
 Each step: draw a batch of uint8 images (already on the training device), make two
 augmented views of the whole batch at once, compute (r, z) for both, apply InfoNCE to z,
 and train an online linear probe on the detached r. The probe sees labels; the backbone
-never does.
+never does. Every ``checkpoint_every`` epochs the whole training state is checkpointed, so a
+killed run started again with the same settings resumes where it stopped and, on CPU,
+ends with exactly the weights of an uninterrupted run.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
-import math
+import sys
 import time
+from contextlib import nullcontext
 from typing import Literal
 
 import numpy as np
@@ -22,8 +27,15 @@ from torch import nn
 
 from directclr.analysis import covariance_spectrum, effective_rank
 from directclr.augment import TwoViewAugmentation, augment
+from directclr.checkpoints import CheckpointStore
 from directclr.losses import info_nce
-from directclr.models import ContrastiveModel, build_backbone, build_projector
+from directclr.models import (
+    ContrastiveModel,
+    build_backbone,
+    build_projector,
+    representation_dim,
+)
+from directclr.optim import build_optimizer, learning_rate, scaled_lr
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +49,10 @@ Method = Literal[
     "directclr",
     "random_subset",
 ]
+LOW_RANK_METHODS = ("directclr", "fixed_low_rank", "random_subset")
+# Settings that change how a run is executed, not what it computes: a checkpoint made under
+# other values of these still resumes.
+EXECUTION_SETTINGS = {"device", "checkpoint_every", "resume", "progress_every"}
 
 
 class ModelConfig(BaseModel):
@@ -45,11 +61,22 @@ class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     method: Method = "directclr"
-    backbone: Literal["small_cnn"] = "small_cnn"
-    width: int = Field(64, ge=1, description="channels of the first backbone block")
+    backbone: Literal["small_cnn", "resnet18", "resnet50"] = "small_cnn"
+    width: int = Field(64, ge=1, description="channels of small_cnn's first block (r: 8*width)")
+    zero_init_residual: bool = Field(False, description="ResNets: last BN of each block at 0")
     d0: int = Field(64, ge=1, description="embedding size for directclr and the low-rank rows")
     projector_hidden_dim: int = Field(512, ge=1)
     projector_dim: int = Field(128, ge=1)
+
+    @model_validator(mode="after")
+    def _check_d0(self) -> ModelConfig:
+        dim = representation_dim(self.backbone, self.width)
+        if self.method in LOW_RANK_METHODS and self.d0 > dim:
+            raise ValueError(
+                f"d0={self.d0} is larger than the representation ({dim} dimensions for "
+                f"backbone {self.backbone}); set d0 between 1 and {dim}"
+            )
+        return self
 
 
 class PretrainingConfig(ModelConfig):
@@ -57,20 +84,29 @@ class PretrainingConfig(ModelConfig):
 
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(256, ge=2)
-    optimizer: Literal["sgd", "adamw"] = "adamw"
+    optimizer: Literal["lars", "sgd", "adamw"] = "adamw"
     lr: float = Field(1e-3, ge=0)
+    lr_scaling: Literal["none", "linear", "sqrt"] = Field(
+        "none", description="scale lr with batch size: lr*B/256 (linear) or lr*sqrt(B/256)"
+    )
     weight_decay: float = Field(1e-4, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     warmup_epochs: int = Field(2, ge=0)
     temperature: float = Field(0.1, gt=0)
     seed: int = 0
     device: str = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto: bf16 autocast on CUDA GPUs that support it, else fp32"
+    )
     augmentation: TwoViewAugmentation = TwoViewAugmentation()
     probe_lr: float = Field(1e-2, gt=0, description="learning rate of the online linear probe")
-    rank_every: int = Field(1, ge=1, description="epochs between effective-rank measurements")
+    rank_every: int = Field(1, ge=1, description="epochs between spectrum/effective-rank records")
+    checkpoint_every: int = Field(1, ge=1, description="epochs between checkpoints")
+    resume: bool = Field(True, description="continue from this run's checkpoint if there is one")
+    progress_every: int = Field(20, ge=1, description="steps between progress-bar updates")
 
     @model_validator(mode="after")
-    def _check(self) -> PretrainingConfig:
+    def _check_device(self) -> PretrainingConfig:
         if self.device != "auto":
             resolve_device(self.device)
         return self
@@ -91,7 +127,9 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} asked for, but no CUDA GPU is present; use auto or cpu")
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device {name!r} asked for, but Apple MPS is not present; use auto or cpu")
+        raise ValueError(
+            f"device {name!r} asked for, but Apple MPS is not present; use auto or cpu"
+        )
     return device
 
 
@@ -100,9 +138,9 @@ def build_model(
 ) -> ContrastiveModel:
     """The model a config describes, with fresh weights drawn from ``seed``."""
     torch.manual_seed(seed)
-    backbone = build_backbone(config.backbone, in_channels, config.width)
+    backbone = build_backbone(config.backbone, in_channels, config.width, config.zero_init_residual)
     dim = backbone.output_dim
-    if config.method in ("directclr", "fixed_low_rank", "random_subset") and config.d0 > dim:
+    if config.method in LOW_RANK_METHODS and config.d0 > dim:
         raise ValueError(
             f"d0={config.d0} is larger than the representation ({dim} dimensions); "
             f"set d0 between 1 and {dim}"
@@ -113,32 +151,61 @@ def build_model(
     return ContrastiveModel(backbone, projector, mean, std)
 
 
-def learning_rate(step: int, total_steps: int, warmup_steps: int, base_lr: float) -> float:
-    """Linear warmup to ``base_lr``, then cosine decay to zero."""
-    if step < warmup_steps:
-        return base_lr * (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return base_lr * 0.5 * (1 + math.cos(math.pi * progress))
+def run_key(config: PretrainingConfig, images: torch.Tensor, labels: torch.Tensor) -> str:
+    """A name for a run: a hash of its settings (less execution-only ones) and its data."""
+    h = hashlib.sha256()
+    settings = config.model_dump(mode="json", exclude=EXECUTION_SETTINGS)
+    h.update(json.dumps(settings, sort_keys=True).encode())
+    h.update(str(tuple(images.shape)).encode())
+    h.update(images.cpu().contiguous().numpy().tobytes())
+    h.update(labels.cpu().contiguous().numpy().tobytes())
+    return f"{config.method}-{h.hexdigest()[:16]}"
 
 
-def _optimizer(config: PretrainingConfig, params) -> torch.optim.Optimizer:
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(
-            params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
-        )
-    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+def _use_bf16(config: PretrainingConfig, device: torch.device) -> bool:
+    if config.precision == "bf16":
+        return True
+    return config.precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
 
 
 @torch.no_grad()
-def _probe_ranks(model: ContrastiveModel, images: torch.Tensor) -> tuple[float, float]:
+def _probe_spectra(model: ContrastiveModel, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     was_training = model.training
     model.eval()
     r, z = model(images.float() / 255)
     model.train(was_training)
-    return (
-        effective_rank(covariance_spectrum(r.cpu())),
-        effective_rank(covariance_spectrum(z.cpu())),
-    )
+    return covariance_spectrum(r.float().cpu()), covariance_spectrum(z.float().cpu())
+
+
+class _Progress:
+    """A progress bar (step, loss, images/s, time left) on a terminal; silent otherwise."""
+
+    def __init__(self, total: int, done: int) -> None:
+        self.bar = None
+        if sys.stderr.isatty():
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+            )
+
+            self.bar = Progress(
+                TextColumn("pretraining"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[status]}"), TimeRemainingColumn(), transient=True,
+            )  # fmt: skip
+            self.task = self.bar.add_task("", total=total, completed=done, status="")
+            self.bar.start()
+
+    def update(self, step: int, loss: float, images_per_s: float) -> None:
+        if self.bar is not None:
+            status = f"loss {loss:.4f}  {images_per_s:,.0f} img/s"
+            self.bar.update(self.task, completed=step, status=status)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
 
 
 def pretrain(
@@ -147,12 +214,15 @@ def pretrain(
     config: PretrainingConfig,
     mean: list[float],
     std: list[float],
-) -> tuple[ContrastiveModel, pd.DataFrame]:
-    """Train ``config.method`` on uint8 ``images`` (N, C, H, W); return the model and history.
+    checkpoints: CheckpointStore | None = None,
+) -> tuple[ContrastiveModel, pd.DataFrame, pd.DataFrame]:
+    """Train ``config.method`` on uint8 ``images`` (N, C, H, W).
 
-    The history has one row per epoch: loss, learning rate, online-probe accuracy (on the
-    training batches, from detached r), images/s, and, every ``rank_every`` epochs, the
-    effective rank of r and z on a fixed batch of un-augmented images.
+    Returns the model (on CPU, in eval mode), the history (one row per epoch: loss,
+    learning rate, online-probe accuracy on the training batches, images/s, and every
+    ``rank_every`` epochs the effective rank of r and z on a fixed batch of un-augmented
+    images) and the spectrum history (the covariance eigenvalues behind those ranks, long
+    format: epoch, step, vectors, index, eigenvalue).
     """
     n = images.shape[0]
     if n < config.batch_size:
@@ -161,80 +231,170 @@ def pretrain(
             f"lower batch_size"
         )
     device = resolve_device(config.device)
-    generator = torch.Generator(device=device).manual_seed(config.seed)
-    order_generator = torch.Generator().manual_seed(config.seed)
+    bf16 = _use_bf16(config, device)
+    channels_last = device.type == "cuda"
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
-    model = build_model(config, images.shape[1], mean, std, config.seed).to(device)
-    num_classes = int(labels.max()) + 1
-    probe = nn.Linear(model.backbone.output_dim, num_classes).to(device)
-    optimizer = _optimizer(config, model.parameters())
+    model = build_model(config, images.shape[1], mean, std, config.seed)
+    model = model.to(device, memory_format=memory_format)
+    probe = nn.Linear(model.backbone.output_dim, int(labels.max()) + 1).to(device)
+    base_lr = scaled_lr(config.lr, config.batch_size, config.lr_scaling)
+    optimizer = build_optimizer(
+        config.optimizer, model, base_lr, config.weight_decay, config.momentum,
+        fused=device.type == "cuda" and config.optimizer != "lars",
+    )  # fmt: skip
     probe_optimizer = torch.optim.AdamW(probe.parameters(), lr=config.probe_lr)
+    order_rng = torch.Generator().manual_seed(config.seed)
+    augment_rng = torch.Generator(device=device).manual_seed(config.seed)
+    projector_rng = getattr(model.projector, "generator", None)
 
-    images = images.to(device)
-    labels = labels.to(device)
-    probe_images = images[torch.randperm(n, generator=order_generator)[: min(n, 1024)].to(device)]
+    probe_index = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed + 1))
+    probe_images = images[probe_index[: min(n, 1024)]].to(device)
+    key = run_key(config, images, labels)
+    images, labels = images.to(device), labels.to(device)
 
     steps_per_epoch = n // config.batch_size
     total_steps = steps_per_epoch * config.epochs
     warmup_steps = steps_per_epoch * config.warmup_epochs
-    rows = []
-    step = 0
-    model.train()
-    for epoch in range(config.epochs):
-        start = time.perf_counter()
-        permutation = torch.randperm(n, generator=order_generator).to(device)
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device)
-        for b in range(steps_per_epoch):
-            lr = learning_rate(step, total_steps, warmup_steps, config.lr)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            index = permutation[b * config.batch_size : (b + 1) * config.batch_size]
-            batch = images[index]
-            view1 = augment(batch, config.augmentation.view1, generator)
-            view2 = augment(batch, config.augmentation.view2, generator)
-            r, z = model(torch.cat([view1, view2]))
-            z1, z2 = z.chunk(2)
-            loss = info_nce(z1, z2, config.temperature)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"the loss became {loss.item()} at step {step} (epoch {epoch}, lr {lr:.3g}); "
-                    f"lower lr or raise temperature"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+    rows: list[dict] = []
+    spectra: list[dict] = []
+    start_epoch = 0
 
-            logits = probe(r.detach()[: len(index)])
-            probe_loss = F.cross_entropy(logits, labels[index])
-            probe_optimizer.zero_grad(set_to_none=True)
-            probe_loss.backward()
-            probe_optimizer.step()
-
-            loss_sum += loss.detach()
-            correct += (logits.argmax(1) == labels[index]).sum()
-            step += 1
-        seconds = time.perf_counter() - start
-        row = {
-            "epoch": epoch + 1,
-            "step": step,
-            "loss": float(loss_sum) / steps_per_epoch,
-            "lr": lr,
-            "online_probe_accuracy": float(correct) / (steps_per_epoch * config.batch_size),
-            "images_per_s": steps_per_epoch * config.batch_size / seconds,
-            "effective_rank_r": np.nan,
-            "effective_rank_z": np.nan,
-        }
-        if (epoch + 1) % config.rank_every == 0 or epoch + 1 == config.epochs:
-            row["effective_rank_r"], row["effective_rank_z"] = _probe_ranks(model, probe_images)
-        rows.append(row)
+    state = checkpoints.load(key) if checkpoints is not None and config.resume else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        probe.load_state_dict(state["probe"])
+        optimizer.load_state_dict(state["optimizer"])
+        probe_optimizer.load_state_dict(state["probe_optimizer"])
+        order_rng.set_state(state["order_rng"])
+        augment_rng.set_state(state["augment_rng"])
+        if projector_rng is not None:
+            projector_rng.set_state(state["projector_rng"])
+        rows, spectra, start_epoch = state["history"], state["spectra"], state["epoch"]
         logger.info(
-            "epoch %d/%d  loss %.4f  lr %.2e  online probe %.3f  %.0f img/s  erank r %.1f z %.1f",
-            row["epoch"], config.epochs, row["loss"], row["lr"], row["online_probe_accuracy"],
-            row["images_per_s"], row["effective_rank_r"], row["effective_rank_z"],
+            "pretraining: resuming %s from its checkpoint after epoch %d of %d",
+            key, start_epoch, config.epochs,
         )  # fmt: skip
+
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+    progress = _Progress(total_steps, start_epoch * steps_per_epoch)
+    step = start_epoch * steps_per_epoch
+    model.train()
+    try:
+        for epoch in range(start_epoch, config.epochs):
+            start = time.perf_counter()
+            permutation = torch.randperm(n, generator=order_rng).to(device)
+            loss_sum = torch.zeros((), device=device)
+            correct = torch.zeros((), device=device)
+            first_bad = torch.full((), -1, device=device, dtype=torch.long)
+            lrs: dict[int, float] = {}
+            for b in range(steps_per_epoch):
+                lr = lrs[step] = learning_rate(step, total_steps, warmup_steps, base_lr)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                index = permutation[b * config.batch_size : (b + 1) * config.batch_size]
+                batch = images[index]
+                views = torch.cat([
+                    augment(batch, config.augmentation.view1, augment_rng),
+                    augment(batch, config.augmentation.view2, augment_rng),
+                ]).contiguous(memory_format=memory_format)  # fmt: skip
+                with autocast:
+                    r, z = model(views)
+                z1, z2 = z.chunk(2)
+                loss = info_nce(z1, z2, config.temperature)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+
+                logits = probe(r.detach().float()[: len(index)])
+                probe_loss = F.cross_entropy(logits, labels[index])
+                probe_optimizer.zero_grad(set_to_none=True)
+                probe_loss.backward()
+                probe_optimizer.step()
+
+                loss_sum += loss.detach()
+                correct += (logits.argmax(1) == labels[index]).sum()
+                step += 1
+                # Track the first non-finite step on the device; look at it (a host sync)
+                # only every progress_every steps and at the end of the epoch.
+                first_bad = torch.where(
+                    (first_bad < 0) & ~torch.isfinite(loss.detach()), step - 1, first_bad
+                )
+                if step % config.progress_every == 0 or b == steps_per_epoch - 1:
+                    bad = int(first_bad)
+                    if bad >= 0:
+                        raise FloatingPointError(
+                            f"the loss became non-finite at step {bad} (epoch {epoch + 1}, lr "
+                            f"{lrs[bad]:.3g}); the last checkpoint is kept. Lower lr, raise "
+                            f"temperature or set precision=fp32, then run again"
+                        )
+                    seconds = time.perf_counter() - start
+                    progress.update(step, loss.item(), (b + 1) * config.batch_size / seconds)
+            seconds = time.perf_counter() - start
+            mean_loss = float(loss_sum) / steps_per_epoch
+            row = {
+                "epoch": epoch + 1,
+                "step": step,
+                "loss": mean_loss,
+                "lr": lr,
+                "online_probe_accuracy": float(correct) / (steps_per_epoch * config.batch_size),
+                "images_per_s": steps_per_epoch * config.batch_size / seconds,
+                "effective_rank_r": float("nan"),
+                "effective_rank_z": float("nan"),
+            }
+            if (epoch + 1) % config.rank_every == 0 or epoch + 1 == config.epochs:
+                lam_r, lam_z = _probe_spectra(model, probe_images)
+                row["effective_rank_r"] = effective_rank(lam_r)
+                row["effective_rank_z"] = effective_rank(lam_z)
+                record = {"epoch": epoch + 1, "step": step}
+                spectra.append(
+                    record | {"r": torch.from_numpy(lam_r), "z": torch.from_numpy(lam_z)}
+                )
+            rows.append(row)
+            logger.info(
+                "epoch %d/%d  loss %.4f  lr %.2e  online probe %.3f  %.0f img/s  "
+                "erank r %.1f z %.1f",
+                row["epoch"], config.epochs, row["loss"], row["lr"],
+                row["online_probe_accuracy"], row["images_per_s"], row["effective_rank_r"],
+                row["effective_rank_z"],
+            )  # fmt: skip
+            if checkpoints is not None and (
+                (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs
+            ):
+                checkpoints.save(key, {
+                    "key": key,
+                    "epoch": epoch + 1,
+                    "model": model.state_dict(),
+                    "probe": probe.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "probe_optimizer": probe_optimizer.state_dict(),
+                    "order_rng": order_rng.get_state(),
+                    "augment_rng": augment_rng.get_state(),
+                    "projector_rng": projector_rng.get_state() if projector_rng else None,
+                    "history": rows,
+                    "spectra": spectra,
+                })  # fmt: skip
+    finally:
+        progress.close()
     model.eval()
-    return model.cpu(), pd.DataFrame(rows)
+    return model.cpu(), pd.DataFrame(rows), spectrum_history(spectra)
+
+
+def spectrum_history(spectra: list[dict]) -> pd.DataFrame:
+    """Long-format table (epoch, step, vectors, index, eigenvalue) of recorded spectra."""
+    frames = [
+        pd.DataFrame({
+            "epoch": record["epoch"],
+            "step": record["step"],
+            "vectors": kind,
+            "index": np.arange(1, len(record[kind]) + 1),
+            "eigenvalue": record[kind].numpy(),
+        })
+        for record in spectra
+        for kind in ("r", "z")
+    ]  # fmt: skip
+    columns = ["epoch", "step", "vectors", "index", "eigenvalue"]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
 
 
 @torch.no_grad()
@@ -256,7 +416,9 @@ def encode(
 
 def model_artifact(model: ContrastiveModel, config: ModelConfig, in_channels: int) -> dict:
     """A weights-only-loadable dict: the architecture config and the state dict."""
-    architecture = ModelConfig.model_validate(config.model_dump(include=set(ModelConfig.model_fields)))
+    architecture = ModelConfig.model_validate(
+        config.model_dump(include=set(ModelConfig.model_fields))
+    )
     return {
         "config": architecture.model_dump(),
         "in_channels": in_channels,

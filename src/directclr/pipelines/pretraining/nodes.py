@@ -2,28 +2,39 @@ from __future__ import annotations
 
 import logging
 
+import matplotlib.pyplot as plt
 import pandas as pd
 
+from directclr.checkpoints import CheckpointStore
+from directclr.plots import training_history_figure
 from directclr.training import PretrainingConfig, model_artifact, pretrain
 
 logger = logging.getLogger(__name__)
 
 
 def pretrain_model(
-    dataset: dict, dataset_card: dict, params: PretrainingConfig
-) -> tuple[dict, pd.DataFrame]:
-    """Train the configured method on the training split; return the model and its history."""
+    dataset: dict, dataset_card: dict, checkpoints: CheckpointStore, params: PretrainingConfig
+) -> tuple[dict, pd.DataFrame, pd.DataFrame, plt.Figure]:
+    """Train the configured method on the training split.
+
+    Returns the model artifact, the training history, the spectrum history and a figure of
+    the history. Checkpoints go to the ``checkpoints`` store while training runs.
+    """
     images = dataset["train_images"]
-    model, history = pretrain(
+    model, history, spectra = pretrain(
         images,
         dataset["train_labels"],
         params,
         mean=dataset_card["channel_mean"],
         std=dataset_card["channel_std"],
+        checkpoints=checkpoints,
     )
     last = history.iloc[-1]
     logger.info(
-        "pretraining: %s on %d images, %d epochs -> model (final loss %.4f, online probe %.3f)",
+        "pretraining: %s on %d images, %d epochs -> model (final loss %.4f, online probe %.3f, "
+        "effective rank r %.1f, z %.1f)",
         params.method, len(images), params.epochs, last["loss"], last["online_probe_accuracy"],
+        last["effective_rank_r"], last["effective_rank_z"],
     )  # fmt: skip
-    return model_artifact(model, params, images.shape[1]), history
+    figure = training_history_figure(history, f"{params.method}: training history")
+    return model_artifact(model, params, images.shape[1]), history, spectra, figure

@@ -8,10 +8,15 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(
                 pretrain_model,
-                inputs=["dataset", "dataset_card", "params:pretraining"],
-                outputs=["model", "training_history"],
+                inputs=["dataset", "dataset_card", "checkpoints", "params:pretraining"],
+                outputs=[
+                    "model",
+                    "training_history",
+                    "spectrum_history",
+                    "training_history_figure",
+                ],
                 name="pretrain_model",
-            )
+            )  # fmt: skip
         ],
         tags="pretraining",
     )

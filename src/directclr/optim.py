@@ -1,0 +1,117 @@
+"""Optimizers and the learning-rate schedule."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+
+class LARS(torch.optim.Optimizer):
+    """SGD with momentum and layer-wise adaptive rate scaling (You et al., 2017).
+
+    For a parameter p with gradient g in a group with ``adapt=True``:
+
+        g <- g + weight_decay * p
+        g <- g * eta * ||p|| / ||g||      (when both norms are positive)
+        v <- momentum * v + g
+        p <- p - lr * v
+
+    Groups with ``adapt=False`` (biases and normalisation parameters, see
+    :func:`parameter_groups`) skip both the weight decay and the trust ratio.
+    """
+
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+        eta: float = 0.02,
+    ) -> None:
+        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, adapt=True)
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):  # noqa: D102 - documented in the class docstring
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad
+                if group["adapt"]:
+                    g = g.add(p, alpha=group["weight_decay"])
+                    p_norm, g_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(g)
+                    trust = torch.where(
+                        (p_norm > 0) & (g_norm > 0),
+                        group["eta"] * p_norm / g_norm,
+                        torch.ones_like(p_norm),
+                    )
+                    g = g.mul(trust)
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.clone(g).detach()
+                else:
+                    state["momentum_buffer"].mul_(group["momentum"]).add_(g)
+                p.add_(state["momentum_buffer"], alpha=-group["lr"])
+        return loss
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two groups: weights (decayed, adapted by LARS) and biases/normalisation parameters
+    (every parameter with at most one dimension: neither decayed nor adapted)."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay, "adapt": True},
+        {"params": no_decay, "weight_decay": 0.0, "adapt": False},
+    ]
+
+
+def build_optimizer(
+    name: str,
+    model: nn.Module,
+    lr: float,
+    weight_decay: float,
+    momentum: float,
+    fused: bool = False,
+) -> torch.optim.Optimizer:
+    """``lars``, ``sgd`` (with momentum) or ``adamw``, with biases and normalisation
+    parameters excluded from weight decay. ``fused`` uses the fused CUDA kernels."""
+    groups = parameter_groups(model, weight_decay)
+    if name == "lars":
+        return LARS(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    for group in groups:
+        group.pop("adapt")
+    extra = {"fused": True} if fused else {}
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, **extra)
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, **extra)
+    raise ValueError(f"unknown optimizer {name!r}; choose lars, sgd or adamw")
+
+
+def learning_rate(step: int, total_steps: int, warmup_steps: int, base_lr: float) -> float:
+    """Linear warmup to ``base_lr``, then cosine decay to zero."""
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return base_lr * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def scaled_lr(lr: float, batch_size: int, rule: str) -> float:
+    """The base learning rate for a batch: ``none``, ``linear`` (lr * B / 256, Goyal et al.)
+    or ``sqrt`` (lr * sqrt(B / 256))."""
+    if rule == "linear":
+        return lr * batch_size / 256
+    if rule == "sqrt":
+        return lr * math.sqrt(batch_size / 256)
+    return lr
