@@ -1,7 +1,12 @@
+import shutil
+from pathlib import Path
+
 import pytest
 import torch
 
 from directclr.data import DataConfig, prepare
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
@@ -13,3 +18,14 @@ def digits():
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def project(tmp_path):
+    """A copy of the project's configuration in a temporary folder, to run sessions in."""
+    shutil.copytree(REPO / "conf", tmp_path / "conf", ignore=shutil.ignore_patterns("local"))
+    (tmp_path / "conf" / "local").mkdir()
+    shutil.copy(REPO / "pyproject.toml", tmp_path)
+    shutil.copy(REPO / ".telemetry", tmp_path)
+    (tmp_path / "src").mkdir()  # the package itself is installed
+    return tmp_path

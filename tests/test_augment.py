@@ -1,33 +1,77 @@
 import pytest
 import torch
+import torchvision.transforms.v2 as T
+import torchvision.transforms.v2.functional as TF
 
+import directclr.augment as augment_module
 from directclr.augment import (
+    BRIGHTNESS,
+    CONTRAST,
+    HUE,
+    SATURATION,
+    TwoViewAugmentation,
     ViewAugmentation,
+    adjust_brightness,
+    adjust_contrast,
+    adjust_hue,
+    adjust_saturation,
     augment,
     blur_kernel_size,
+    color_jitter,
     gaussian_blur,
     grayscale,
+    resized_crop,
     sample_crop_boxes,
+    solarize,
 )
 
+OFF = dict(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), hflip_p=0, jitter_p=0, grayscale_p=0,
+           blur_p=0, solarize_p=0)  # fmt: skip
 
-def _images(n=256, c=3, size=32):
+
+def _images(n=256, c=3, size=32, seed=0):
     return torch.randint(0, 256, (n, c, size, size), dtype=torch.uint8,
-                         generator=torch.Generator().manual_seed(0))  # fmt: skip
+                         generator=torch.Generator().manual_seed(seed))  # fmt: skip
+
+
+def _colours(n=16, height=12, width=20, seed=0):
+    """Float images with the cases colour code trips on: ties between channels, greys, 0, 1."""
+    x = torch.rand(n, 3, height, width, generator=torch.Generator().manual_seed(seed))
+    x[:, 1, :2] = x[:, 0, :2]  # red = green
+    x[:, 2, 2:4] = x[:, 1, 2:4]  # green = blue
+    x[:, :, 4:6] = x[:, :1, 4:6]  # grey
+    x[:, :, 6, :5] = 0.0
+    x[:, :, 7, :5] = 1.0
+    return x
+
+
+def _per_image(fn, images, *params):
+    return torch.stack([fn(img, *(p[i].item() for p in params)) for i, img in enumerate(images)])
+
+
+def _factors(n, low, high, seed=1):
+    return low + (high - low) * torch.rand(n, generator=torch.Generator().manual_seed(seed))
+
+
+# ---- the engine's statistics ------------------------------------------------------------------
 
 
 def test_output_is_float_in_unit_range_with_input_shape():
-    out = augment(_images(), ViewAugmentation(solarize_p=0.5), torch.Generator().manual_seed(1))
+    config = ViewAugmentation(solarize_p=0.5)
+    out = augment(_images(), config, torch.Generator().manual_seed(1))
     assert out.dtype == torch.float32
     assert out.shape == (256, 3, 32, 32)
     assert out.min() >= 0 and out.max() <= 1
+    assert augment(_images(8), config, size=(20, 24)).shape == (8, 3, 20, 24)
 
 
 def test_same_seed_same_views_and_different_samples_differ():
     images = _images(8)[:1].repeat(8, 1, 1, 1)
     a = augment(images, ViewAugmentation(), torch.Generator().manual_seed(3))
     b = augment(images, ViewAugmentation(), torch.Generator().manual_seed(3))
-    torch.testing.assert_close(a, b)
+    c = augment(images, ViewAugmentation(), torch.Generator().manual_seed(4))
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert not torch.allclose(a, c)
     # Eight copies of one image get eight different views.
     distinct = {tuple(v.flatten()[:64].tolist()) for v in a}
     assert len(distinct) == 8
@@ -45,29 +89,109 @@ def test_crop_area_fraction_stays_inside_scale_and_spreads_across_it():
     assert (top + h <= 32).all() and (left + w <= 32).all()
 
 
+def test_crop_boxes_are_distributed_as_torchvision_draws_them():
+    torch.manual_seed(0)
+    crop = T.RandomResizedCrop(24)
+    image = torch.zeros(3, 24, 40)
+    theirs = torch.tensor([[p["top"], p["left"], p["height"], p["width"]]
+                           for p in (crop.make_params([image]) for _ in range(3000))],
+                          dtype=torch.float32)  # fmt: skip
+    ours = sample_crop_boxes(20000, 24, 40, (0.08, 1.0), (3 / 4, 4 / 3),
+                             torch.Generator().manual_seed(0))  # fmt: skip
+    for boxes_stat in (
+        lambda b: b[:, 2] * b[:, 3] / (24 * 40),  # area fraction
+        lambda b: b[:, 3] / b[:, 2],  # aspect ratio
+        lambda b: (b[:, 1] + b[:, 3] / 2) / 40,  # horizontal centre
+    ):
+        a, b = boxes_stat(ours), boxes_stat(theirs)
+        for q in (0.1, 0.5, 0.9):
+            assert a.quantile(q).item() == pytest.approx(b.quantile(q).item(), abs=0.04)
+
+
 def test_identity_configuration_returns_the_image():
-    config = ViewAugmentation(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), hflip_p=0,
-                              jitter_p=0, grayscale_p=0, blur_p=0, solarize_p=0)  # fmt: skip
     images = _images(16)
-    out = augment(images, config, torch.Generator().manual_seed(0))
+    out = augment(images, ViewAugmentation(**OFF), torch.Generator().manual_seed(0))
     torch.testing.assert_close(out, images.float() / 255, atol=1e-5, rtol=0)
 
 
 def test_flip_rate_matches_p():
-    config = ViewAugmentation(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), hflip_p=0.5,
-                              jitter_p=0, grayscale_p=0, blur_p=0, solarize_p=0)  # fmt: skip
+    config = ViewAugmentation(**{**OFF, "hflip_p": 0.5})
     images = torch.linspace(0, 1, 16).view(1, 1, 1, 16).expand(4000, 1, 16, 16).contiguous()
     out = augment(images, config, torch.Generator().manual_seed(0))
-    flipped = (out[:, 0, 0, 0] > out[:, 0, 0, -1]).float().mean()
-    assert flipped.item() == pytest.approx(0.5, abs=0.03)
+    flipped = out[:, 0, 0, 0] > out[:, 0, 0, -1]
+    assert flipped.float().mean().item() == pytest.approx(0.5, abs=0.03)
+    # A flipped view is the mirror image, pixel for pixel.
+    torch.testing.assert_close(out[flipped], images[flipped].flip(-1), atol=1e-5, rtol=0)
 
 
-def test_grayscale_and_blur_keep_constant_images_constant():
-    images = torch.full((4, 3, 16, 16), 0.25)
-    assert torch.allclose(grayscale(images), torch.full((4, 1, 16, 16), 0.25))
-    out = gaussian_blur(images, torch.full((4,), 1.5), torch.ones(4, dtype=torch.bool), 5)
-    assert torch.allclose(out, images, atol=1e-6)
-    assert blur_kernel_size(224, 224) == 23 and blur_kernel_size(8, 8) == 3
+@pytest.mark.parametrize(
+    ("field", "p"), [("jitter_p", 0.6), ("grayscale_p", 0.3), ("solarize_p", 0.2), ("blur_p", 0.1)]
+)
+def test_each_operation_is_applied_to_a_fraction_p_of_samples(field, p):
+    config = ViewAugmentation(**{**OFF, field: p, "solarize_threshold": 0.0})
+    images = _images(4000, size=8)
+    out = augment(images, config, torch.Generator().manual_seed(0))
+    changed = (out - images.float() / 255).flatten(1).abs().amax(dim=1) > 1e-4
+    assert changed.float().mean().item() == pytest.approx(p, abs=0.03)
+    if field == "grayscale_p":
+        grey = ((out[:, 0] == out[:, 1]) & (out[:, 1] == out[:, 2])).flatten(1).all(1)
+        assert torch.equal(grey, changed)
+
+
+def test_accelerator_path_gives_the_cpu_path_views(monkeypatch):
+    # On an accelerator every sample is computed and the results selected (no host sync);
+    # on CPU only the chosen samples are. Both must give the same views.
+    images = _images(64)
+    config = TwoViewAugmentation()
+    views = (config.view1, config.view2)
+    cpu = [augment(images, v, torch.Generator().manual_seed(7)) for v in views]
+    monkeypatch.setattr(augment_module, "_compute_subsets", lambda device: False)
+    masked = [augment(images, v, torch.Generator().manual_seed(7)) for v in views]
+    for a, b in zip(cpu, masked, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+
+
+def test_single_channel_images_get_every_operation_that_applies_to_them():
+    images = _images(64, c=1)
+    out = augment(images, ViewAugmentation(solarize_p=0.5), torch.Generator().manual_seed(0))
+    assert out.shape == (64, 1, 32, 32)
+    assert out.min() >= 0 and out.max() <= 1
+    with pytest.raises(ValueError, match="1 or 3 channels"):
+        augment(_images(4, c=2), ViewAugmentation())
+
+
+# ---- strength ---------------------------------------------------------------------------------
+
+
+def test_strength_scales_amounts_and_probabilities_and_one_is_the_recipe():
+    recipe = ViewAugmentation(solarize_p=0.2)
+    assert recipe.scaled() == recipe
+    double = ViewAugmentation(solarize_p=0.2, strength=2).scaled()
+    assert double.strength == 1
+    assert (double.brightness, double.contrast, double.saturation) == pytest.approx((0.8, 0.8, 0.4))
+    assert double.hue == pytest.approx(0.2)
+    assert (double.jitter_p, double.grayscale_p, double.blur_p) == (1.0, 0.4, 1.0)
+    assert double.solarize_p == pytest.approx(0.4)
+    assert double.hflip_p == 0.5  # mirroring never goes above the recipe's rate
+    assert double.crop_scale == pytest.approx((0.08**2, 1.0))
+    assert double.crop_ratio == pytest.approx(((3 / 4) ** 2, (4 / 3) ** 2))
+    assert double.blur_sigma == recipe.blur_sigma
+    half = ViewAugmentation(strength=0.5).scaled()
+    assert (half.jitter_p, half.hflip_p, half.brightness) == pytest.approx((0.4, 0.25, 0.2))
+    assert half.crop_scale[0] == pytest.approx(0.08**0.5)
+    assert ViewAugmentation(hue=0.4, strength=3).scaled().hue == 0.5
+
+
+def test_strength_zero_is_the_identity_and_strength_reaches_the_views():
+    images = _images(16)
+    out = augment(images, ViewAugmentation(strength=0), torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out, images.float() / 255, atol=1e-5, rtol=0)
+    # Half strength: colour jitter (and nothing else here) on 0.8 * 0.5 of the samples.
+    config = ViewAugmentation(**{**OFF, "jitter_p": 0.8, "strength": 0.5})
+    images = _images(4000, size=8)
+    out = augment(images, config, torch.Generator().manual_seed(0))
+    changed = (out - images.float() / 255).flatten(1).abs().amax(dim=1) > 1e-4
+    assert changed.float().mean().item() == pytest.approx(0.4, abs=0.03)
 
 
 def test_bad_ranges_are_rejected():
@@ -75,3 +199,94 @@ def test_bad_ranges_are_rejected():
         ViewAugmentation(crop_scale=(0.9, 0.1))
     with pytest.raises(ValueError, match="hflip_p"):
         ViewAugmentation(hflip_p=1.5)
+    with pytest.raises(ValueError, match="blur_kernel_size"):
+        ViewAugmentation(blur_kernel_size=4)
+    with pytest.raises(ValueError, match="strength"):
+        ViewAugmentation(strength=-1)
+
+
+# ---- each operation equals torchvision.transforms.v2.functional with the same parameters ----
+
+
+@pytest.mark.parametrize(
+    ("ours", "theirs", "low", "high"),
+    [
+        (adjust_brightness, TF.adjust_brightness, 0.4, 1.8),
+        (adjust_contrast, TF.adjust_contrast, 0.4, 1.8),
+        (adjust_saturation, TF.adjust_saturation, 0.0, 1.8),
+        (adjust_hue, TF.adjust_hue, -0.5, 0.5),
+    ],
+)
+def test_colour_operations_match_torchvision(ours, theirs, low, high):
+    images = _colours()
+    factors = _factors(len(images), low, high)
+    torch.testing.assert_close(
+        ours(images, factors), _per_image(theirs, images, factors), atol=1e-5, rtol=0
+    )
+    grey = images[:, :1]
+    torch.testing.assert_close(
+        ours(grey, factors), _per_image(theirs, grey, factors), atol=1e-5, rtol=0
+    )
+
+
+def test_colour_jitter_applies_each_samples_operations_in_its_own_order():
+    images = _colours(n=24)
+    n = len(images)
+    b, c, s = _factors(n, 0.6, 1.4, 1), _factors(n, 0.6, 1.4, 2), _factors(n, 0.6, 1.4, 3)
+    h = _factors(n, -0.1, 0.1, 4)
+    order = torch.rand(n, 4, generator=torch.Generator().manual_seed(5)).argsort(dim=1)
+    apply = torch.arange(n) % 5 != 0
+    out = color_jitter(images, b, c, s, h, order, apply)
+
+    ops = {
+        BRIGHTNESS: lambda x, i: TF.adjust_brightness(x, b[i].item()),
+        CONTRAST: lambda x, i: TF.adjust_contrast(x, c[i].item()),
+        SATURATION: lambda x, i: TF.adjust_saturation(x, s[i].item()),
+        HUE: lambda x, i: TF.adjust_hue(x, h[i].item()),
+    }
+    for i in range(n):
+        expected = images[i]
+        for op in order[i].tolist() if apply[i] else []:
+            expected = ops[op](expected, i)
+        torch.testing.assert_close(out[i], expected, atol=1e-5, rtol=0)
+    assert len({tuple(o) for o in order.tolist()}) > 10  # the orders really differ
+
+
+def test_grayscale_and_solarize_match_torchvision():
+    images = _colours()
+    torch.testing.assert_close(grayscale(images), TF.rgb_to_grayscale(images), atol=1e-6, rtol=0)
+    for threshold in (0.0, 0.3, 0.5, 1.0):
+        torch.testing.assert_close(
+            solarize(images, threshold), TF.solarize(images, threshold), atol=0, rtol=0
+        )
+
+
+@pytest.mark.parametrize("kernel_size", [3, 5, 9])
+def test_gaussian_blur_matches_torchvision(kernel_size):
+    images = _colours(n=8)
+    sigma = _factors(len(images), 0.1, 2.0)
+    ours = gaussian_blur(images, sigma, kernel_size)
+    theirs = _per_image(lambda x, s: TF.gaussian_blur(x, [kernel_size] * 2, [s, s]), images, sigma)
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+    constant = torch.full((2, 3, 6, 6), 0.25)
+    assert torch.allclose(gaussian_blur(constant, torch.tensor([0.5, 2.0]), 9), constant)
+    assert blur_kernel_size(224, 224) == 23 and blur_kernel_size(32, 32) == 3
+
+
+@pytest.mark.parametrize(("size", "antialias"), [((12, 20), True), ((30, 26), True),
+                                                 ((5, 7), False)])  # fmt: skip
+def test_resized_crop_and_flip_match_torchvision(size, antialias):
+    # torchvision's default antialias=True only differs from plain bilinear when shrinking:
+    # a crop resized to the input size (the engine's default) or larger matches it exactly;
+    # shrinking (the last case) matches antialias=False.
+    images = _colours(n=32)
+    boxes = sample_crop_boxes(32, 12, 20, (0.08, 1.0), (3 / 4, 4 / 3),
+                              torch.Generator().manual_seed(2))  # fmt: skip
+    flip = torch.arange(32) % 2 == 1
+    ours = resized_crop(images, boxes, size, flip)
+    for i in range(32):
+        top, left, h, w = (int(v) for v in boxes[i])
+        expected = TF.resized_crop(images[i], top, left, h, w, list(size), antialias=antialias)
+        if flip[i]:
+            expected = TF.horizontal_flip(expected)
+        torch.testing.assert_close(ours[i], expected, atol=1e-5, rtol=0)

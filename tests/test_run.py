@@ -1,30 +1,19 @@
 """The directclr pipeline end to end through a Kedro session, on a copy of the project."""
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import REPO
+
 TINY_TRAINING = {"epochs": 2, "batch_size": 128, "width": 8, "d0": 16, "warmup_epochs": 1,
                  "projector_hidden_dim": 32, "projector_dim": 16}  # fmt: skip
 TINY = {"directclr": {"pretraining": TINY_TRAINING}, "simclr": {"pretraining": TINY_TRAINING},
         "linear_eval": {"max_iter": 300}}  # fmt: skip
-
-
-@pytest.fixture
-def project(tmp_path):
-    shutil.copytree(REPO / "conf", tmp_path / "conf", ignore=shutil.ignore_patterns("local"))
-    (tmp_path / "conf" / "local").mkdir()
-    shutil.copy(REPO / "pyproject.toml", tmp_path)
-    shutil.copy(REPO / ".telemetry", tmp_path)
-    (tmp_path / "src").mkdir()  # the package itself is installed
-    return tmp_path
 
 
 def run(project: Path, **kwargs) -> None:

@@ -37,7 +37,7 @@ def test_pretraining_records_history_and_is_deterministic(digits):
     model_a, history_a = _train(digits)
     model_b, history_b = _train(digits)
     assert list(history_a.columns) == [
-        "epoch", "step", "loss", "lr", "online_probe_accuracy", "images_per_s",
+        "epoch", "step", "loss", "lr", "online_probe_accuracy", "images_per_s", "seconds",
         "effective_rank_r", "effective_rank_z",
     ]  # fmt: skip
     assert history_a["epoch"].tolist() == [1, 2]

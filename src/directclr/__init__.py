@@ -1,4 +1,3 @@
-"""directclr
-"""
+"""directclr"""
 
 __version__ = "0.1"

@@ -1,26 +1,56 @@
 """Batched SimCLR augmentations applied to a whole uint8 batch at once, on any device.
 
-Every sample draws its own random parameters (crop box, flip, jitter factors, blur sigma,
-...), but the work is a handful of tensor operations over the batch: one ``grid_sample``
-for crop + flip + resize, elementwise colour operations, one grouped convolution for the
-blur. Names and parameter semantics follow ``torchvision.transforms.v2``
-(``RandomResizedCrop(scale=, ratio=)``, ``ColorJitter(brightness=, contrast=, saturation=,
-hue=)``, ``RandomGrayscale(p=)``, ``GaussianBlur(sigma=)``, ``RandomSolarize(threshold=, p=)``).
+Every sample draws its own random parameters (crop box, flip, jitter factors and order, blur
+sigma, ...), but the work is a handful of tensor operations over the batch: one
+``grid_sample`` for crop + flip + resize, elementwise colour operations, one grouped
+convolution per axis for the blur. Names and parameter semantics follow
+``torchvision.transforms.v2`` (``RandomResizedCrop(scale=, ratio=)``, ``ColorJitter(brightness=,
+contrast=, saturation=, hue=)``, ``RandomGrayscale(p=)``, ``GaussianBlur(sigma=)``,
+``RandomSolarize(threshold=, p=)``), and for the same parameters each operation gives
+torchvision's output (``tests/test_augment.py`` checks it against
+``torchvision.transforms.v2.functional``).
+
+The random parameters of the whole batch are drawn first; then each operation runs on the
+samples that drew it (on CPU only on those; on an accelerator on all, keeping the drawn results,
+so that no step waits on the host).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-_LUMA = (0.299, 0.587, 0.114)
+# torchvision's rgb_to_grayscale weights (ITU-R 601-2 luma).
+_LUMA = (0.2989, 0.587, 0.114)
+# The four ColorJitter operations, numbered as torchvision's ``fn_idx``.
+BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)
 
 
 class ViewAugmentation(BaseModel):
-    """The random transformation that produces one view of an image (values in [0, 1])."""
+    """The random transformation that produces one view of an image (values in [0, 1]).
+
+    The defaults are SimCLR's recipe. ``strength`` s >= 0 scales the whole recipe, so one
+    number moves a run from no augmentation to strong augmentation (the paper's first
+    collapse mechanism):
+
+    - jitter amounts (brightness, contrast, saturation, hue) are multiplied by s
+      (hue capped at 0.5);
+    - the probabilities of jitter, grayscale, blur and solarisation become min(1, p * s);
+    - the flip probability becomes p * min(1, s): flipping more often than the recipe says
+      would make two views more alike, not less;
+    - the crop's area bounds become (min ** s, max ** s) and its aspect-ratio bounds
+      (min ** s, max ** s), so crops grow to the whole image as s -> 0 and shrink for s > 1;
+    - blur sigma and the solarisation threshold stay as they are (only how often those
+      operations happen scales).
+
+    s = 1 is the recipe itself; s = 0 is the identity (for square images; a non-square
+    image gets its centre square, as ``RandomResizedCrop(scale=(1, 1), ratio=(1, 1))``).
+    :meth:`scaled` gives the recipe a strength stands for.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -35,8 +65,12 @@ class ViewAugmentation(BaseModel):
     grayscale_p: float = Field(0.2, ge=0, le=1)
     blur_p: float = Field(1.0, ge=0, le=1)
     blur_sigma: tuple[float, float] = (0.1, 2.0)
+    blur_kernel_size: int | None = Field(
+        None, ge=1, description="odd; default SimCLR's: a tenth of the image side, at least 3"
+    )
     solarize_p: float = Field(0.0, ge=0, le=1)
     solarize_threshold: float = Field(0.5, ge=0, le=1)
+    strength: float = Field(1.0, ge=0, description="scales the whole recipe; 1 is the recipe")
 
     @model_validator(mode="after")
     def _check_ranges(self) -> ViewAugmentation:
@@ -49,7 +83,31 @@ class ViewAugmentation(BaseModel):
         lo, hi = self.blur_sigma
         if not 0 < lo <= hi:
             raise ValueError(f"blur_sigma must satisfy 0 < min <= max, got {self.blur_sigma}")
+        if self.blur_kernel_size is not None and self.blur_kernel_size % 2 == 0:
+            raise ValueError(f"blur_kernel_size must be odd, got {self.blur_kernel_size}")
         return self
+
+    def scaled(self) -> ViewAugmentation:
+        """The recipe this view applies: ``strength`` folded into the parameters (strength 1)."""
+        s = self.strength
+        if s == 1:
+            return self
+        return self.model_copy(
+            update={
+                "crop_scale": (self.crop_scale[0] ** s, self.crop_scale[1] ** s),
+                "crop_ratio": (self.crop_ratio[0] ** s, self.crop_ratio[1] ** s),
+                "hflip_p": self.hflip_p * min(1.0, s),
+                "brightness": self.brightness * s,
+                "contrast": self.contrast * s,
+                "saturation": self.saturation * s,
+                "hue": min(0.5, self.hue * s),
+                "jitter_p": min(1.0, self.jitter_p * s),
+                "grayscale_p": min(1.0, self.grayscale_p * s),
+                "blur_p": min(1.0, self.blur_p * s),
+                "solarize_p": min(1.0, self.solarize_p * s),
+                "strength": 1.0,
+            }
+        )
 
 
 class TwoViewAugmentation(BaseModel):
@@ -67,6 +125,36 @@ def _uniform(n: int, low: float, high: float, generator, device) -> torch.Tensor
 
 def _bernoulli(n: int, p: float, generator, device) -> torch.Tensor:
     return torch.rand(n, device=device, generator=generator) < p
+
+
+def _compute_subsets(device: torch.device) -> bool:
+    """Whether to run an operation on the chosen samples only, or on all and select.
+
+    On CPU, gathering the chosen samples costs little and saves the work on the others. On an
+    accelerator the subset's size would have to be read back to the host (a sync at every
+    step), so every sample is computed and the result picked with ``torch.where``.
+    """
+    return device.type == "cpu"
+
+
+def _apply_to_rows(
+    out: torch.Tensor,
+    mask: torch.Tensor,
+    fn: Callable[[torch.Tensor, torch.Tensor | slice], torch.Tensor],
+) -> torch.Tensor:
+    """``out`` with ``fn`` applied to the samples where ``mask`` is true (``out`` is reused).
+
+    ``fn(x, rows)`` transforms the samples ``x`` without modifying them; ``rows`` picks their
+    per-sample parameters (an index tensor, or ``slice(None)`` for the whole batch).
+    """
+    if not _compute_subsets(out.device):
+        return torch.where(mask[:, None, None, None], fn(out, slice(None)), out)
+    rows = mask.nonzero().squeeze(1)
+    if len(rows) == 0:
+        return out
+    if len(rows) == len(out):
+        return fn(out, slice(None))
+    return out.index_copy_(0, rows, fn(out.index_select(0, rows), rows))
 
 
 def sample_crop_boxes(
@@ -115,132 +203,160 @@ def sample_crop_boxes(
     return torch.stack([top, left, h, w], dim=1)
 
 
+def _source_coordinates(start: torch.Tensor, length: torch.Tensor, size: int) -> torch.Tensor:
+    """Input pixel coordinate of each output pixel when ``length`` pixels resize to ``size``.
+
+    As ``torch.nn.functional.interpolate(mode="bilinear", align_corners=False)`` on the
+    cropped image: pixel centres map linearly, and coordinates past the crop's first or last
+    pixel are clamped to it (the crop's border is repeated, not its neighbours read).
+    """
+    j = torch.arange(size, device=start.device, dtype=start.dtype) + 0.5
+    source = start[:, None] + j * (length / size)[:, None] - 0.5
+    return source.clamp(min=start[:, None], max=(start + length - 1)[:, None])
+
+
 def resized_crop(
     images: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int], flip: torch.Tensor
 ) -> torch.Tensor:
-    """Crop each image to its box, optionally mirror it, and resize to ``size`` (bilinear)."""
+    """Crop each image to its box, resize it to ``size`` (bilinear) and mirror it where ``flip``.
+
+    Equals torchvision's ``resized_crop(..., antialias=False)`` followed by
+    ``horizontal_flip``. torchvision's default ``antialias=True`` only differs when shrinking,
+    which a crop resized back to the input size never is.
+    """
     n, _, height, width = images.shape
-    top, left, h, w = boxes.unbind(1)
-    # Normalised coordinates with align_corners=False: pixel edges at -1 and 1.
-    scale_x = w / width
-    scale_y = h / height
-    centre_x = (left + w / 2) / width * 2 - 1
-    centre_y = (top + h / 2) / height * 2 - 1
-    sign = 1.0 - 2.0 * flip.to(images.dtype)
-    theta = torch.zeros(n, 2, 3, device=images.device, dtype=images.dtype)
-    theta[:, 0, 0] = scale_x * sign
-    theta[:, 0, 2] = centre_x
-    theta[:, 1, 1] = scale_y
-    theta[:, 1, 2] = centre_y
-    grid = F.affine_grid(theta, [n, images.shape[1], *size], align_corners=False)
+    out_h, out_w = size
+    top, left, h, w = boxes.to(images.dtype).unbind(1)
+    ys = _source_coordinates(top, h, out_h)
+    xs = _source_coordinates(left, w, out_w)
+    xs = torch.where(flip[:, None], xs.flip(1), xs)
+    # grid_sample's normalised coordinates (align_corners=False): pixel edges at -1 and 1.
+    gx = (2 * xs + 1) / width - 1
+    gy = (2 * ys + 1) / height - 1
+    grid = torch.stack(
+        (gx[:, None, :].expand(n, out_h, out_w), gy[:, :, None].expand(n, out_h, out_w)), dim=-1
+    )
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 def grayscale(images: torch.Tensor) -> torch.Tensor:
-    """ITU-R 601 luma, one channel, as torchvision's ``rgb_to_grayscale``."""
+    """Luma as one channel, computed as torchvision's ``rgb_to_grayscale``."""
     if images.shape[1] == 1:
         return images
     r, g, b = images.unbind(1)
-    return (_LUMA[0] * r + _LUMA[1] * g + _LUMA[2] * b).unsqueeze(1)
+    return r.mul(_LUMA[0]).add_(g, alpha=_LUMA[1]).add_(b, alpha=_LUMA[2]).unsqueeze(1)
 
 
-def _blend(a: torch.Tensor, b: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    return (factor[:, None, None, None] * a + (1 - factor[:, None, None, None]) * b).clamp(0, 1)
+def _blend(images: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """``factor * images + (1 - factor) * other``, clamped to [0, 1] (torchvision's _blend)."""
+    f = factor[:, None, None, None]
+    return (images * f).add_(other * (1 - f)).clamp_(0, 1)
 
 
-def _rgb_to_hsv(images: torch.Tensor) -> torch.Tensor:
+def adjust_brightness(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Multiply each image by its factor, as torchvision's ``adjust_brightness``."""
+    return (images * factor[:, None, None, None]).clamp_(0, 1)
+
+
+def adjust_contrast(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Blend each image with the mean of its grayscale version, as ``adjust_contrast``."""
+    return _blend(images, grayscale(images).mean(dim=(1, 2, 3), keepdim=True), factor)
+
+
+def adjust_saturation(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Blend each image with its grayscale version, as ``adjust_saturation``."""
+    if images.shape[1] == 1:
+        return images
+    return _blend(images, grayscale(images), factor)
+
+
+def adjust_hue(images: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Rotate each image's HSV hue by its shift (in turns, [-0.5, 0.5]), as ``adjust_hue``.
+
+    A hue rotation keeps V (the largest channel) and the chroma V - min, so the RGB result
+    comes straight from the shifted hue with the closed form
+    ``c = V - chroma * clamp(min(t, 4 - t), 0, 1)``, ``t = (k + 6 hue) mod 6`` with k = 5, 3, 1
+    for R, G, B: no HSV image, no six-sector lookup and no ``torch.where`` (slow on CPU).
+    """
+    if images.shape[1] == 1:
+        return images
     r, g, b = images.unbind(1)
-    maxc, _ = images.max(dim=1)
-    minc, _ = images.min(dim=1)
-    delta = maxc - minc
-    safe = torch.where(delta > 0, delta, torch.ones_like(delta))
-    s = delta / torch.where(maxc > 0, maxc, torch.ones_like(maxc))
-    rc, gc, bc = (maxc - r) / safe, (maxc - g) / safe, (maxc - b) / safe
-    h = torch.where(maxc == r, bc - gc, torch.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
-    h = torch.where(delta > 0, (h / 6.0) % 1.0, torch.zeros_like(h))
-    return torch.stack([h, s, maxc], dim=1)
-
-
-def _hsv_to_rgb(images: torch.Tensor) -> torch.Tensor:
-    h, s, v = images.unbind(1)
-    i = torch.floor(h * 6.0)
-    f = h * 6.0 - i
-    i = i.long() % 6
-    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
-    table = torch.stack(
-        [
-            torch.stack([v, q, p, p, t, v], dim=1),
-            torch.stack([t, v, v, q, p, p], dim=1),
-            torch.stack([p, p, t, v, v, q], dim=1),
-        ],
-        dim=1,
-    )  # (N, 3 channels, 6 sectors, H, W)
-    index = i[:, None, None].expand(-1, 3, 1, -1, -1)
-    return table.gather(2, index).squeeze(2)
+    value = torch.maximum(torch.maximum(r, g), b)
+    chroma = value - torch.minimum(torch.minimum(r, g), b)
+    # Which channel is the largest, with torchvision's (Pillow's) tie order: red, green, blue.
+    is_r = value == r
+    not_r = ~is_r
+    is_g = (value == g).logical_and_(not_r)
+    is_b = not_r.logical_and_(~is_g)
+    # Hue in sixths of a turn: (g - b) / chroma, 2 + (b - r) / chroma or 4 + (r - g) / chroma.
+    # Where chroma is 0 the numerator is 0 too, and so is the chroma the result is made of.
+    hue6 = (g - b).mul_(is_r).add_((b - r).mul_(is_g)).add_((r - g).mul_(is_b))
+    hue6.div_(chroma.clamp_min(1e-12)).add_(is_g, alpha=2).add_(is_b, alpha=4)
+    hue6.add_(shift[:, None, None], alpha=6)
+    k = torch.arange(5, 0, -2, device=images.device, dtype=images.dtype)
+    t = hue6[:, None] + k[None, :, None, None]
+    t.sub_(torch.floor(t / 6).mul_(6))
+    ramp = torch.minimum(t, 4 - t).clamp_(0, 1)
+    return ramp.mul_(chroma[:, None]).neg_().add_(value[:, None])
 
 
 def color_jitter(
     images: torch.Tensor,
-    brightness: float,
-    contrast: float,
-    saturation: float,
-    hue: float,
-    apply: torch.Tensor,
-    generator: torch.Generator | None = None,
+    brightness: torch.Tensor | None,
+    contrast: torch.Tensor | None,
+    saturation: torch.Tensor | None,
+    hue: torch.Tensor | None,
+    order: torch.Tensor,
+    apply: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``ColorJitter`` with per-sample factors, applied where ``apply`` is true.
+    """``ColorJitter`` with per-sample factors and a per-sample order of the four operations.
 
-    The four operations run in one random order per batch (torchvision draws one per image).
+    ``brightness``, ``contrast``, ``saturation`` are per-sample factors and ``hue`` per-sample
+    shifts, shape (N,); ``None`` turns that operation off. ``order`` (N, 4) holds each
+    sample's permutation of ``BRIGHTNESS, CONTRAST, SATURATION, HUE`` (torchvision's
+    ``fn_idx``). Only samples where ``apply`` is true (default: all) are changed.
     Saturation and hue leave single-channel images unchanged, as in torchvision.
     """
-    n, device = images.shape[0], images.device
-    one = torch.ones(n, device=device)
-
-    def factor(amount: float) -> torch.Tensor:
-        f = _uniform(n, max(0.0, 1 - amount), 1 + amount, generator, device)
-        return torch.where(apply, f, one)
-
-    b, c, s = factor(brightness), factor(contrast), factor(saturation)
-    h = torch.where(apply, _uniform(n, -hue, hue, generator, device), torch.zeros(n, device=device))
-    out = images
-    for op in torch.randperm(4, generator=generator, device=device).tolist():
-        if op == 0 and brightness > 0:
-            out = _blend(out, torch.zeros_like(out), b)
-        elif op == 1 and contrast > 0:
-            mean = grayscale(out).mean(dim=(1, 2, 3), keepdim=True)
-            out = _blend(out, mean.expand_as(out), c)
-        elif op == 2 and saturation > 0 and out.shape[1] == 3:
-            out = _blend(out, grayscale(out).expand_as(out), s)
-        elif op == 3 and hue > 0 and out.shape[1] == 3:
-            hsv = _rgb_to_hsv(out)
-            hsv[:, 0] = (hsv[:, 0] + h[:, None, None]) % 1.0
-            out = _hsv_to_rgb(hsv)
+    n = images.shape[0]
+    if apply is None:
+        apply = torch.ones(n, dtype=torch.bool, device=images.device)
+    operations = [
+        (BRIGHTNESS, brightness, adjust_brightness),
+        (CONTRAST, contrast, adjust_contrast),
+        (SATURATION, saturation, adjust_saturation),
+        (HUE, hue, adjust_hue),
+    ]
+    operations = [
+        (index, params, fn)
+        for index, params, fn in operations
+        if params is not None and (images.shape[1] == 3 or index in (BRIGHTNESS, CONTRAST))
+    ]
+    out = images.clone()
+    for slot in range(4):
+        for index, params, fn in operations:
+            mask = apply & (order[:, slot] == index)
+            out = _apply_to_rows(out, mask, lambda x, rows, p=params, f=fn: f(x, p[rows]))
     return out
 
 
-def gaussian_blur(
-    images: torch.Tensor, sigma: torch.Tensor, apply: torch.Tensor, kernel_size: int
-) -> torch.Tensor:
-    """Separable Gaussian blur with a per-sample sigma (reflect padding, as torchvision)."""
+def gaussian_blur(images: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """Gaussian blur with a per-sample sigma, as torchvision's ``gaussian_blur``.
+
+    A ``kernel_size`` square kernel, reflect padding. An image too small to reflect the full
+    kernel radius (where torchvision raises) gets the kernel cut to what fits, renormalised.
+    """
     n, c, height, width = images.shape
     radius = kernel_size // 2
     x = torch.arange(-radius, radius + 1, device=images.device, dtype=images.dtype)
-    kernel = torch.exp(-(x[None, :] ** 2) / (2 * sigma[:, None] ** 2))
-    kernel = kernel / kernel.sum(dim=1, keepdim=True)
-    identity = torch.zeros_like(kernel)
-    identity[:, radius] = 1
-    kernel = torch.where(apply[:, None], kernel, identity)
+    kernel = torch.exp(-(x[None, :] ** 2) / (2 * sigma[:, None].to(images.dtype) ** 2))
     kernel = kernel.repeat_interleave(c, dim=0)  # one kernel per (sample, channel)
-    flat = images.reshape(1, n * c, height, width)
-    pad_x = min(radius, width - 1)
-    pad_y = min(radius, height - 1)
-    kx = kernel[:, radius - pad_x : radius + pad_x + 1] if pad_x < radius else kernel
-    ky = kernel[:, radius - pad_y : radius + pad_y + 1] if pad_y < radius else kernel
+    pad_x, pad_y = min(radius, width - 1), min(radius, height - 1)
+    kx = kernel[:, radius - pad_x : radius + pad_x + 1]
+    ky = kernel[:, radius - pad_y : radius + pad_y + 1]
     kx = kx / kx.sum(dim=1, keepdim=True)
     ky = ky / ky.sum(dim=1, keepdim=True)
-    flat = F.pad(flat, (pad_x, pad_x, 0, 0), mode="reflect")
+    flat = F.pad(images.reshape(1, n * c, height, width), (pad_x, pad_x, pad_y, pad_y), "reflect")
     flat = F.conv2d(flat, kx[:, None, None, :], groups=n * c)
-    flat = F.pad(flat, (0, 0, pad_y, pad_y), mode="reflect")
     flat = F.conv2d(flat, ky[:, None, :, None], groups=n * c)
     return flat.reshape(n, c, height, width)
 
@@ -251,6 +367,11 @@ def blur_kernel_size(height: int, width: int) -> int:
     return size if size % 2 == 1 else size + 1
 
 
+def solarize(images: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Invert every value at or above ``threshold``, as torchvision's ``solarize``."""
+    return torch.lerp(images, 1 - images, (images >= threshold).to(images.dtype))
+
+
 def augment(
     images: torch.Tensor,
     config: ViewAugmentation,
@@ -259,14 +380,17 @@ def augment(
 ) -> torch.Tensor:
     """One random view of every image in ``images`` (uint8 or float in [0, 1], NCHW).
 
-    Returns float32 in [0, 1] with the same number of channels, resized to ``size``
-    (default: the input size).
+    Returns float32 in [0, 1] with the same number of channels (1 or 3), resized to ``size``
+    (default: the input size). The order is SimCLR's: crop and resize, flip, colour jitter,
+    grayscale, blur, solarise. The same generator state gives the same views.
     """
-    if images.dtype == torch.uint8:
-        images = images.float().div_(255)
     n, channels, height, width = images.shape
+    if channels not in (1, 3):
+        raise ValueError(f"augment takes images with 1 or 3 channels, got {channels}")
+    config = config.scaled()
     device = images.device
     size = size or (height, width)
+    images = images.float().div_(255) if images.dtype == torch.uint8 else images.float()
 
     boxes = sample_crop_boxes(
         n, height, width, config.crop_scale, config.crop_ratio, generator, device
@@ -274,20 +398,28 @@ def augment(
     flip = _bernoulli(n, config.hflip_p, generator, device)
     out = resized_crop(images, boxes, size, flip).clamp_(0, 1)
 
-    jitter = _bernoulli(n, config.jitter_p, generator, device)
-    out = color_jitter(
-        out, config.brightness, config.contrast, config.saturation, config.hue, jitter, generator
-    )
+    amounts = (config.brightness, config.contrast, config.saturation, config.hue)
+    if config.jitter_p > 0 and any(a > 0 for a in amounts):
+        apply = _bernoulli(n, config.jitter_p, generator, device)
+        factors = [
+            _uniform(n, max(0.0, 1 - a), 1 + a, generator, device) if a > 0 else None
+            for a in amounts[:3]
+        ]
+        shift = _uniform(n, -config.hue, config.hue, generator, device) if config.hue else None
+        order = torch.rand(n, 4, device=device, generator=generator).argsort(dim=1)
+        out = color_jitter(out, *factors, shift, order, apply)
 
-    gray = _bernoulli(n, config.grayscale_p, generator, device)
-    if channels == 3:
-        out = torch.where(gray[:, None, None, None], grayscale(out).expand_as(out), out)
+    if config.grayscale_p > 0 and channels == 3:
+        gray = _bernoulli(n, config.grayscale_p, generator, device)
+        out = _apply_to_rows(out, gray, lambda x, rows: grayscale(x).expand_as(x))
 
-    blur = _bernoulli(n, config.blur_p, generator, device)
-    sigma = _uniform(n, *config.blur_sigma, generator, device)
-    out = gaussian_blur(out, sigma, blur, blur_kernel_size(*size)).clamp_(0, 1)
+    if config.blur_p > 0:
+        blur = _bernoulli(n, config.blur_p, generator, device)
+        sigma = _uniform(n, *config.blur_sigma, generator, device)
+        kernel_size = config.blur_kernel_size or blur_kernel_size(*size)
+        out = _apply_to_rows(out, blur, lambda x, rows: gaussian_blur(x, sigma[rows], kernel_size))
 
-    solarize = _bernoulli(n, config.solarize_p, generator, device)
-    solarized = torch.where(out >= config.solarize_threshold, 1 - out, out)
-    out = torch.where(solarize[:, None, None, None], solarized, out)
-    return out
+    if config.solarize_p > 0:
+        solar = _bernoulli(n, config.solarize_p, generator, device)
+        out = _apply_to_rows(out, solar, lambda x, rows: solarize(x, config.solarize_threshold))
+    return out.clamp_(0, 1)

@@ -2,16 +2,33 @@
 
 A *run* is the four model stages (pretraining, embeddings, spectrum, linear_eval) of one
 method, under a Kedro namespace named after the run: its datasets are ``<run>.model``,
-``<run>.embeddings``, ... and its training parameters ``<run>.pretraining``. Every run
-shares the prepared ``dataset`` and the analysis parameters. Each stage is also a
-namespace of its own inside the run, so kedro-viz draws the five stages as groups.
+``<run>.embeddings``, ... and its own training settings ``<run>.pretraining``, laid over
+the shared ``pretraining`` recipe. Every run shares the prepared ``dataset`` and the
+analysis parameters. Each stage is also a namespace of its own inside the run, so kedro-viz
+draws the five stages as groups.
+
+Comparisons (``compare``, ``projector_ablation``, ``d0_sweep``) run several such runs side by
+side; their runs are read from the parameters (conf/base/parameters_compare.yml), so adding
+a run there adds a namespace with no code change.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from kedro.framework.project import settings
 from kedro.pipeline import Pipeline
 
-from directclr.pipelines import data_prep, embeddings, linear_eval, pretraining, spectrum
+from directclr.pipelines import (
+    comparison,
+    data_prep,
+    embeddings,
+    linear_eval,
+    pretraining,
+    spectrum,
+    toy_implicit_regularization,
+    toy_strong_augmentation,
+)
 
 MODEL_STAGES = {
     "pretraining": pretraining.create_pipeline,
@@ -20,7 +37,13 @@ MODEL_STAGES = {
     "linear_eval": linear_eval.create_pipeline,
 }
 SHARED_INPUTS = {"dataset", "dataset_card"}
-SHARED_PARAMETERS = {"params:embeddings", "params:spectrum", "params:linear_eval"}
+SHARED_PARAMETERS = {
+    "params:recipe": "params:pretraining",
+    "params:embeddings": "params:embeddings",
+    "params:spectrum": "params:spectrum",
+    "params:linear_eval": "params:linear_eval",
+}
+COMPARISONS = ("compare", "projector_ablation", "d0_sweep")
 
 
 def run_pipeline(run: str) -> Pipeline:
@@ -31,9 +54,7 @@ def run_pipeline(run: str) -> Pipeline:
             for stage, create in MODEL_STAGES.items()
         ]
     )
-    return Pipeline(
-        stages, namespace=run, inputs=SHARED_INPUTS, parameters=SHARED_PARAMETERS
-    )
+    return Pipeline(stages, namespace=run, inputs=SHARED_INPUTS, parameters=SHARED_PARAMETERS)
 
 
 def data_prep_pipeline() -> Pipeline:
@@ -46,16 +67,40 @@ def method_pipeline(run: str) -> Pipeline:
     return data_prep_pipeline() + run_pipeline(run)
 
 
+def comparison_pipeline(name: str, runs: list[str]) -> Pipeline:
+    """data_prep once, every run of the comparison, then the side-by-side report."""
+    namespaced = [f"{name}.{run}" for run in runs]
+    pipe = data_prep_pipeline()
+    for run in namespaced:
+        pipe += run_pipeline(run)
+    return pipe + comparison.create_pipeline(name, namespaced)
+
+
+def configured_comparisons(conf_source: Path | None = None) -> dict[str, list[str]]:
+    """The runs of each comparison, as configured in the project's parameters."""
+    source = conf_source or Path.cwd() / settings.CONF_SOURCE
+    if not source.is_dir():
+        return {}
+    loader = settings.CONFIG_LOADER_CLASS(conf_source=str(source), **settings.CONFIG_LOADER_ARGS)
+    params = loader["parameters"]
+    return {name: list(params[name]) for name in COMPARISONS if params.get(name)}
+
+
 def register_pipelines() -> dict[str, Pipeline]:
     """``directclr`` (the default) and ``simclr`` run all five stages; each stage alone is
-    registered under its own name and runs for the default method."""
+    registered under its own name and runs for the default method; each configured
+    comparison is registered under its name."""
     pipelines = {
         "directclr": method_pipeline("directclr"),
         "simclr": method_pipeline("simclr"),
+        "toy_strong_augmentation": toy_strong_augmentation.create_pipeline(),
+        "toy_implicit_regularization": toy_implicit_regularization.create_pipeline(),
     }
     default = pipelines["directclr"]
     pipelines["data_prep"] = data_prep_pipeline()
     for stage in MODEL_STAGES:
         pipelines[stage] = default.only_nodes_with_tags(stage)
+    for name, runs in configured_comparisons().items():
+        pipelines[name] = comparison_pipeline(name, runs)
     pipelines["__default__"] = default
     return pipelines

@@ -64,3 +64,141 @@ def training_history_figure(history: pd.DataFrame, title: str) -> plt.Figure:
     fig.tight_layout()
     plt.close(fig)
     return fig
+
+
+def confusion_figure(matrix: np.ndarray, classes: list[str], title: str) -> plt.Figure:
+    """Row-normalised confusion matrix (rows: true class, columns: predicted class)."""
+    rates = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    size = min(12, 2 + 0.45 * len(classes))
+    fig, ax = plt.subplots(figsize=(size, size * 0.85), dpi=120)
+    sns.heatmap(rates, ax=ax, cmap="Blues", vmin=0, vmax=1, square=True,
+                annot=len(classes) <= 12, fmt=".2f", cbar_kws={"label": "share of true class"},
+                xticklabels=classes, yticklabels=classes)  # fmt: skip
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(title)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def spectra_overlay_figure(spectra: dict[str, pd.DataFrame], title: str) -> plt.Figure:
+    """Log spectra of r (left) and z (right) on the test split, one line per run."""
+    frames = []
+    for run, table in spectra.items():
+        test = table[table["split"] == "test"]
+        frames.append(test.assign(run=run))
+    frame = pd.concat(frames, ignore_index=True)
+    frame["log10 eigenvalue"] = log_spectrum(frame["eigenvalue"].to_numpy(), floor=1e-20)
+    sns.set_theme(style="whitegrid")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=120)
+    for ax, kind in zip(axes, ("r", "z"), strict=True):
+        sns.lineplot(data=frame[frame["vectors"] == kind], x="index", y="log10 eigenvalue",
+                     hue="run", ax=ax)  # fmt: skip
+        ax.set_title(f"{kind}: covariance eigenvalues of L2-normalised vectors (test)")
+        ax.set_xlabel("singular value rank index")
+    fig.suptitle(title)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def spectrum_history_figure(
+    history: pd.DataFrame, title: str, time: str = "epoch", panel: str = "vectors"
+) -> plt.Figure:
+    """The spectrum over training: heatmaps of log10 eigenvalue, rank index against ``time``.
+
+    ``history`` is long: one row per (``panel`` value, ``time``, ``index``) with its
+    ``eigenvalue`` (covariance of L2-normalised vectors on a fixed probe batch). One panel
+    per value of ``panel`` (r and z for pretraining, noise levels or depths for the toys),
+    all on one colour scale.
+    """
+    frame = history.assign(log10=log_spectrum(history["eigenvalue"].to_numpy(), floor=1e-20))
+    panels = list(dict.fromkeys(frame[panel]))
+    vmax = frame["log10"].max()
+    vmin = max(frame["log10"].min(), vmax - 20)
+    columns = min(len(panels), 4)
+    rows = -(-len(panels) // columns)
+    sns.set_theme(style="white")
+    fig, axes = plt.subplots(
+        rows, columns, figsize=(1.5 + 3.8 * columns, 0.5 + 3.5 * rows), dpi=120, squeeze=False
+    )
+    for ax in axes.flat[len(panels) :]:
+        ax.remove()
+    for ax, value in zip(axes.flat, panels, strict=False):
+        grid = frame[frame[panel] == value].pivot_table(index="index", columns=time, values="log10")
+        sns.heatmap(grid, ax=ax, cmap="viridis", vmin=vmin, vmax=vmax,
+                    cbar_kws={"label": "log10 eigenvalue"})  # fmt: skip
+        ax.set_title(f"{panel} {value}")
+        ax.set_xlabel(time)
+        ax.set_ylabel("singular value rank index")
+    fig.suptitle(title)
+    fig.text(
+        0.01,
+        0.01,
+        "eigenvalues of the covariance of L2-normalised vectors on a fixed probe batch",
+        fontsize=7,
+        color="0.4",
+    )
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    plt.close(fig)
+    return fig
+
+
+def collapsed_vs_d0_figure(runs: pd.DataFrame, title: str) -> plt.Figure:
+    """Collapsed dimensions against d0 when several runs exist, one line per ``vectors``.
+
+    ``runs`` has one row per (run, vectors) with columns ``d0``, ``vectors`` (r, z, r[:d0],
+    r[d0:], ...) and ``collapsed_dimensions``, as in the spectrum stage's metrics.
+    """
+    sns.set_theme(style="whitegrid")
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    sns.lineplot(data=runs.sort_values("d0"), x="d0", y="collapsed_dimensions", hue="vectors",
+                 marker="o", ax=ax)  # fmt: skip
+    ax.set_ylabel("collapsed dimensions")
+    ax.set_title(title)
+    ax.text(
+        0.01,
+        0.01,
+        "collapsed: covariance eigenvalue (L2-normalised vectors) far below the largest",
+        transform=ax.transAxes,
+        fontsize=7,
+        color="0.4",
+    )
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def alignment_figure(matrices: dict[str, np.ndarray], title: str) -> plt.Figure:
+    """Heatmaps of alignment matrices |V_{l+1}^T U_l|, one panel per named matrix.
+
+    Entry (i, j) is |<v_i, u_j>|: v_i the i-th right singular vector of the upper layer, u_j
+    the j-th left singular vector of the lower one, both by decreasing singular value. A
+    permutation (the identity when the orders agree) means the two layers are aligned.
+    """
+    sns.set_theme(style="white")
+    fig, axes = plt.subplots(
+        1, len(matrices), figsize=(1.5 + 4 * len(matrices), 4), dpi=120, squeeze=False
+    )
+    for ax, (name, matrix) in zip(axes[0], matrices.items(), strict=True):
+        ticks = np.arange(1, matrix.shape[0] + 1)
+        sns.heatmap(matrix, ax=ax, cmap="magma", vmin=0, vmax=1, square=True,
+                    xticklabels=ticks, yticklabels=ticks)  # fmt: skip
+        ax.set_title(name)
+        ax.set_xlabel("left singular vector of the lower layer")
+        ax.set_ylabel("right singular vector of the upper layer")
+    fig.suptitle(title)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def final_spectrum_figure(history: pd.DataFrame, panel: str, title: str) -> plt.Figure:
+    """The last recorded spectrum of each value of ``panel`` in a spectrum history, as
+    :func:`spectrum_figure` lines (one per setting)."""
+    final = history[history["step"] == history["step"].max()].sort_values("index")
+    spectra = {
+        f"{panel} {value}": run["eigenvalue"].to_numpy() for value, run in final.groupby(panel)
+    }
+    return spectrum_figure(spectra, title)

@@ -112,6 +112,22 @@ class PretrainingConfig(ModelConfig):
         return self
 
 
+def merge_settings(recipe: dict, overrides: dict | None) -> dict:
+    """``recipe`` with ``overrides`` laid over it, nested dicts merged key by key."""
+    merged = dict(recipe)
+    for key, value in (overrides or {}).items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_settings(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def run_config(recipe: dict, overrides: dict | None) -> PretrainingConfig:
+    """A run's validated settings: the shared training recipe plus the run's own changes."""
+    return PretrainingConfig.model_validate(merge_settings(recipe, overrides))
+
+
 def resolve_device(name: str) -> torch.device:
     """``auto`` picks CUDA, then Apple MPS, then CPU; an explicit device must be present."""
     if name == "auto":
@@ -339,6 +355,7 @@ def pretrain(
                 "lr": lr,
                 "online_probe_accuracy": float(correct) / (steps_per_epoch * config.batch_size),
                 "images_per_s": steps_per_epoch * config.batch_size / seconds,
+                "seconds": seconds,
                 "effective_rank_r": float("nan"),
                 "effective_rank_z": float("nan"),
             }

@@ -8,11 +8,14 @@ logger = logging.getLogger(__name__)
 
 
 def prepare_dataset(params: DataConfig) -> tuple[dict, dict]:
-    """Load the configured source and split it into train and test."""
+    """Load the configured source, split it, and describe it in a dataset card.
+
+    In-memory sources give uint8 image tensors; an image folder gives a manifest of paths.
+    """
     dataset, card = prepare(params)
     logger.info(
-        "data_prep: %s -> dataset (%d train, %d test, images %s, %d classes)",
-        card["source"], card["counts"]["train"], card["counts"]["test"],
-        "x".join(map(str, card["image_shape"])), len(card["classes"]),
+        "data_prep: %s -> dataset (%s; images %s, %d classes, %d files skipped)",
+        card["source"], ", ".join(f"{n} {split}" for split, n in card["counts"].items()),
+        "x".join(map(str, card["image_shape"])), len(card["classes"]), len(card["skipped_files"]),
     )  # fmt: skip
     return dataset, card

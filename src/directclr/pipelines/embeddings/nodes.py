@@ -20,9 +20,10 @@ class EmbeddingsConfig(BaseModel):
 
 
 def export_embeddings(model: dict, dataset: dict, params: EmbeddingsConfig) -> dict:
-    """Representations r and embeddings z of both splits, with their labels."""
+    """Representations r and embeddings z of both splits, with their labels, the method
+    and d0."""
     frozen = model_from_artifact(model)
-    out = {}
+    out = {"method": model["config"]["method"], "d0": int(model["config"]["d0"])}
     for split in ("train", "test"):
         r, z = encode(frozen, dataset[f"{split}_images"], params.batch_size, params.device)
         out[f"{split}_r"], out[f"{split}_z"] = r, z

@@ -7,19 +7,23 @@ import pandas as pd
 
 from directclr.checkpoints import CheckpointStore
 from directclr.plots import training_history_figure
-from directclr.training import PretrainingConfig, model_artifact, pretrain
+from directclr.training import model_artifact, pretrain, run_config
 
 logger = logging.getLogger(__name__)
 
 
 def pretrain_model(
-    dataset: dict, dataset_card: dict, checkpoints: CheckpointStore, params: PretrainingConfig
+    dataset: dict, dataset_card: dict, checkpoints: CheckpointStore, recipe: dict, run: dict
 ) -> tuple[dict, pd.DataFrame, pd.DataFrame, plt.Figure]:
-    """Train the configured method on the training split.
+    """Train the run's method on the training split.
+
+    ``recipe`` is the shared training recipe (``params:pretraining``) and ``run`` this run's
+    changes to it (``params:<run>.pretraining``); the hooks validate both before any node runs.
 
     Returns the model artifact, the training history, the spectrum history and a figure of
     the history. Checkpoints go to the ``checkpoints`` store while training runs.
     """
+    params = run_config(recipe, run)
     images = dataset["train_images"]
     model, history, spectra = pretrain(
         images,

@@ -8,7 +8,13 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(
                 pretrain_model,
-                inputs=["dataset", "dataset_card", "checkpoints", "params:pretraining"],
+                inputs=[
+                    "dataset",
+                    "dataset_card",
+                    "checkpoints",
+                    "params:recipe",
+                    "params:pretraining",
+                ],
                 outputs=[
                     "model",
                     "training_history",

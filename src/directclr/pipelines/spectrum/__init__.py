@@ -1,4 +1,5 @@
-"""spectrum: the paper's log spectrum of r and z, effective rank, collapsed dimensions."""
+"""spectrum: the paper's log spectrum of r and z, effective rank, RankMe, collapsed dimensions,
+power-law decay, and the spectrum over training."""
 
 from .pipeline import create_pipeline
 

@@ -8,8 +8,13 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(
                 compute_spectrum,
-                inputs=["embeddings", "params:spectrum"],
-                outputs=["spectrum", "spectrum_metrics", "spectrum_figure"],
+                inputs=["embeddings", "model", "spectrum_history", "params:spectrum"],
+                outputs=[
+                    "spectrum",
+                    "spectrum_metrics",
+                    "spectrum_figure",
+                    "spectrum_history_figure",
+                ],
                 name="compute_spectrum",
             )
         ],

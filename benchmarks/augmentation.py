@@ -1,0 +1,159 @@
+"""Throughput of the batched augmentation engine against torchvision's per-image PIL pipeline.
+
+Both make SimCLR's two asymmetric views (TwoViewAugmentation's defaults) of 32x32 RGB images.
+The engine (directclr.augment) takes a uint8 batch of 256 at once; the baseline is the
+``torchvision.transforms`` pipeline people write for CIFAR, called on one PIL image at a
+time in one process. kornia's batched augmentations, when installed, are measured beside them
+as the library alternative (same recipe, its own semantics where they differ).
+
+The alternatives run interleaved (A, B, C, A, B, C, ...) in one process and each reports the
+median of its repetitions, so a machine shared with other work slows them alike. The headline
+compares equal resources: the engine on one thread against the PIL pipeline on one core.
+The last line is ``ratio=<engine images/s (1 thread) / PIL images/s>``; target >= 4.
+
+    python benchmarks/augmentation.py [--quick] [--device cuda]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torchvision.transforms as T
+from PIL import Image
+
+from directclr.augment import TwoViewAugmentation, ViewAugmentation, augment, blur_kernel_size
+
+SIZE = 32
+BATCH = 256
+
+
+def pil_view(view: ViewAugmentation, size: int) -> T.Compose:
+    """``view``'s recipe as the per-image torchvision pipeline (PIL in, float tensor out)."""
+    kernel = view.blur_kernel_size or blur_kernel_size(size, size)
+    return T.Compose([
+        T.RandomResizedCrop(size, scale=view.crop_scale, ratio=view.crop_ratio),
+        T.RandomHorizontalFlip(view.hflip_p),
+        T.RandomApply(
+            [T.ColorJitter(view.brightness, view.contrast, view.saturation, view.hue)],
+            p=view.jitter_p,
+        ),
+        T.RandomGrayscale(view.grayscale_p),
+        T.RandomApply([T.GaussianBlur(kernel, sigma=view.blur_sigma)], p=view.blur_p),
+        T.RandomSolarize(round(255 * view.solarize_threshold), p=view.solarize_p),
+        T.ToTensor(),
+    ])  # fmt: skip
+
+
+def kornia_view(view: ViewAugmentation, size: int) -> torch.nn.Module:
+    """``view``'s recipe with kornia.augmentation (per-sample parameters, batched)."""
+    import kornia.augmentation as K
+
+    kernel = view.blur_kernel_size or blur_kernel_size(size, size)
+    return torch.nn.Sequential(
+        K.RandomResizedCrop((size, size), scale=view.crop_scale, ratio=view.crop_ratio),
+        K.RandomHorizontalFlip(p=view.hflip_p),
+        K.ColorJitter(view.brightness, view.contrast, view.saturation, view.hue, p=view.jitter_p),
+        K.RandomGrayscale(p=view.grayscale_p),
+        K.RandomGaussianBlur((kernel, kernel), view.blur_sigma, p=view.blur_p),
+        K.RandomSolarize(thresholds=0.0, additions=0.0, p=view.solarize_p),
+    )
+
+
+def measure(
+    alternatives: dict[str, tuple[int, Callable[[], int]]], reps: int
+) -> dict[str, float]:
+    """Median images/s of each (threads, run) alternative over ``reps`` interleaved repetitions.
+
+    ``run`` processes some images and returns how many; it runs with ``threads`` torch threads.
+    """
+    rates: dict[str, list[float]] = {name: [] for name in alternatives}
+    for _ in range(reps):
+        for name, (threads, run) in alternatives.items():
+            torch.set_num_threads(threads)
+            start = time.perf_counter()
+            images = run()
+            rates[name].append(images / (time.perf_counter() - start))
+    return {name: statistics.median(r) for name, r in rates.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a few seconds: smoke test only")
+    parser.add_argument("--device", default="cpu", help="device of the batched engines")
+    args = parser.parse_args()
+    reps, batches, pil_images = (3, 1, 64) if args.quick else (15, 4, 256)
+    device = torch.device(args.device)
+    cores = torch.get_num_threads()
+
+    recipe = TwoViewAugmentation()
+    views = (recipe.view1, recipe.view2)
+    rng = np.random.default_rng(0)
+    pool = rng.integers(0, 256, (batches * BATCH, SIZE, SIZE, 3), dtype=np.uint8)
+    tensors = torch.from_numpy(pool).permute(0, 3, 1, 2).contiguous().to(device)
+    pil_pipelines = [pil_view(v, SIZE) for v in views]
+    generator = torch.Generator(device=device).manual_seed(0)
+
+    def engine() -> int:
+        for batch in tensors.split(BATCH):
+            for view in views:
+                augment(batch, view, generator)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return len(tensors)
+
+    def pil() -> int:
+        for array in pool[:pil_images]:
+            image = Image.fromarray(array)
+            for pipeline in pil_pipelines:
+                pipeline(image)
+        return pil_images
+
+    # The PIL pipeline runs with one torch thread, as in a DataLoader worker (its ToTensor and
+    # GaussianBlur are torch ops; on a busy machine a thread pool per image is ruinous).
+    alternatives = {
+        "engine, 1 thread": (1, engine),
+        f"engine, {cores} threads": (cores, engine),
+        "torchvision PIL, per image, 1 process": (1, pil),
+    }
+    try:
+        import kornia
+
+        kornia_pipelines = [kornia_view(v, SIZE).to(device) for v in views]
+
+        def kornia_run() -> int:
+            for batch in tensors.split(BATCH):
+                floats = batch.float() / 255
+                for pipeline in kornia_pipelines:
+                    pipeline(floats)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            return len(tensors)
+
+        alternatives[f"kornia {kornia.__version__}, {cores} threads"] = (cores, kornia_run)
+    except ImportError:
+        print("kornia is not installed: not measured")
+
+    measure(alternatives, 1)  # warm-up: allocator, thread pools, kernel caches
+    rates = measure(alternatives, reps)
+
+    print(
+        f"SimCLR two-view recipe on {SIZE}x{SIZE} RGB uint8 images; images/s counts an image "
+        f"once for its two views; engines on {device} in batches of {BATCH}; median of "
+        f"{reps} interleaved repetitions{' (--quick: rough)' if args.quick else ''}"
+    )
+    for name, rate in rates.items():
+        print(f"  {name:44s} {rate:10,.0f} images/s")
+    pil_rate = rates["torchvision PIL, per image, 1 process"]
+    for name, rate in rates.items():
+        if not name.startswith("torchvision"):
+            print(f"  {name} / PIL: {rate / pil_rate:.1f}x")
+    print(f"ratio={rates['engine, 1 thread'] / pil_rate:.2f}")
+
+
+if __name__ == "__main__":
+    main()

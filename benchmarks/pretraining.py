@@ -1,0 +1,167 @@
+"""What augmentation costs the pretraining loop: the project's loop against two references.
+
+One model (directclr.models.SmallCNN at its default width, the directclr method), batch 256 of
+28x28 RGB uint8 images, SimCLR's two-view recipe (TwoViewAugmentation's defaults), the same
+loss (directclr.losses.info_nce) and optimizer (AdamW), measured three ways in one process:
+
+(a) the project's loop: ``directclr.training.pretrain`` on the images, its history's images/s
+    (the epoch's steps only; the effective-rank probe after the epoch is not counted);
+(b) a plain PyTorch loop fed by a torchvision DataLoader (2 workers) that makes the two views
+    with the per-image PIL pipeline of the same recipe (as people write it for CIFAR);
+(c) the ceiling: the same plain loop fed ready-made tensors, no augmentation at all.
+
+(a) also trains its online linear probe, so it does a little more work than (b) and (c).
+The three run interleaved (a, b, c, a, b, c, ...) after a warm-up round; each reports the
+median of its repetitions, so a machine shared with other work slows them alike. Prints
+``efficiency=<a/c>`` (target >= 0.9: augmentation nearly free), then last
+``ratio=<a/b>`` (target >= 1.2). Where the model's own compute dominates (a CPU), (b) is
+close to (c) and no engine can reach the ratio target: ``ceiling/(b)`` bounds it.
+
+    python benchmarks/pretraining.py [--quick] [--device cuda]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from directclr.losses import info_nce
+from directclr.training import PretrainingConfig, build_model, pretrain
+
+sys.path.insert(0, str(Path(__file__).parent))
+from augmentation import pil_view  # noqa: E402
+
+SIZE = 28
+BATCH = 256
+WORKERS = 2
+
+
+class TwoViewImages(Dataset):
+    """uint8 HWC images made into two PIL-pipeline views each, like torchvision's CIFAR10."""
+
+    def __init__(self, images: np.ndarray, config: PretrainingConfig) -> None:
+        self.images = images
+        views = config.augmentation
+        self.pipelines = [pil_view(views.view1, SIZE), pil_view(views.view2, SIZE)]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image = Image.fromarray(self.images[index])
+        return self.pipelines[0](image), self.pipelines[1](image)
+
+
+def plain_loop(config: PretrainingConfig, device: torch.device, mean, std):
+    """One step of a plain PyTorch loop on two batches of views, set up as pretrain does."""
+    cuda = device.type == "cuda"
+    model = build_model(config, 3, mean, std, config.seed)
+    model = model.to(device, memory_format=torch.channels_last if cuda else torch.preserve_format)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=cuda or None
+    )
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
+    model.train()
+
+    def step(view1: torch.Tensor, view2: torch.Tensor) -> None:
+        views = torch.cat([view1, view2]).to(device, non_blocking=True)
+        with autocast:
+            _, z = model(views.contiguous(memory_format=torch.channels_last) if cuda else views)
+        z1, z2 = z.chunk(2)
+        loss = info_nce(z1, z2, config.temperature)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def measure(alternatives: dict[str, Callable[[], float]], rounds: int) -> dict[str, float]:
+    """Median images/s of each alternative over ``rounds`` interleaved repetitions."""
+    rates: dict[str, list[float]] = {name: [] for name in alternatives}
+    for _ in range(rounds):
+        for name, run in alternatives.items():
+            rates[name].append(run())
+    return {name: statistics.median(r) for name, r in rates.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="one step each: smoke test only")
+    parser.add_argument("--device", default="cpu", help="training device (cpu, cuda)")
+    args = parser.parse_args()
+    steps, rounds = (1, 1) if args.quick else (2, 3)
+    device = torch.device(args.device)
+
+    rng = np.random.default_rng(0)
+    pool = rng.integers(0, 256, (steps * BATCH, SIZE, SIZE, 3), dtype=np.uint8)
+    images = torch.from_numpy(pool).permute(0, 3, 1, 2).contiguous()
+    labels = torch.from_numpy(rng.integers(0, 10, len(pool)))
+    mean = (images.float() / 255).mean(dim=(0, 2, 3)).tolist()
+    std = (images.float() / 255).std(dim=(0, 2, 3)).tolist()
+    config = PretrainingConfig(batch_size=BATCH, epochs=1, device=args.device)
+
+    def project_loop() -> float:
+        history = pretrain(images, labels, config, mean, std)[1]
+        return float(history["images_per_s"].iloc[-1])
+
+    loader = DataLoader(
+        TwoViewImages(pool, config), batch_size=BATCH, shuffle=True, num_workers=WORKERS,
+        persistent_workers=True, drop_last=True, pin_memory=device.type == "cuda",
+    )  # fmt: skip
+    loader_step = plain_loop(config, device, mean, std)
+
+    def dataloader_loop() -> float:
+        start = time.perf_counter()
+        for view1, view2 in loader:  # a fresh pass: the workers' prefetch starts with the clock
+            loader_step(view1, view2)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return steps * BATCH / (time.perf_counter() - start)
+
+    ready_step = plain_loop(config, device, mean, std)
+    ready = [(images[i : i + BATCH].to(device).float() / 255) for i in range(0, len(pool), BATCH)]
+
+    def no_augmentation() -> float:
+        start = time.perf_counter()
+        for batch in ready:
+            ready_step(batch, batch)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return steps * BATCH / (time.perf_counter() - start)
+
+    alternatives = {
+        "(a) directclr.training.pretrain": project_loop,
+        f"(b) plain loop, DataLoader ({WORKERS} workers), PIL": dataloader_loop,
+        "(c) plain loop, ready-made tensors (ceiling)": no_augmentation,
+    }
+    if not args.quick:
+        measure(alternatives, 1)  # warm-up: worker processes, kernel caches, allocator
+    rates = measure(alternatives, rounds)
+
+    print(
+        f"SmallCNN (width {config.width}, {config.method}) on {SIZE}x{SIZE} RGB, batch {BATCH}, "
+        f"{device}, {torch.get_num_threads()} torch threads; images/s counts an image once for "
+        f"its two views; median of {rounds} interleaved rounds of {steps} steps"
+        f"{' (--quick: rough)' if args.quick else ''}"
+    )
+    for name, rate in rates.items():
+        print(f"  {name:52s} {rate:9,.1f} images/s")
+    a, b, c = rates.values()
+    print(f"ceiling/(b)={c / b:.3f}: the most any augmentation engine could reach on this machine")
+    print(f"efficiency={a / c:.3f}")
+    print(f"ratio={a / b:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+"""Cost of the full collapse analysis against its floor, one float32 X.T @ X.
+
+The analysis (directclr.analysis.embedding_spectrum + spectrum_metrics) gives both spectra
+(covariance of the L2-normalised rows and their un-centred second moment), singular values of
+the centred matrix, effective rank, RankMe, collapsed dimensions, the power-law fit and the
+top-k variance share of a 50,000 x 2,048 float32 embedding matrix. Any method that looks at
+the covariance must form a d x d Gram matrix at least once, so the floor is one float32
+``X.T @ X`` of the same matrix (torch), timed in the same process on the same machine.
+
+Timing: the two run interleaved (product, analysis, product, ...) after a warm-up, and each
+reports the median of its repetitions, so a machine shared with other work slows both alike.
+Memory: a fresh child process builds the matrix, then runs the analysis once; its extra
+memory is the peak resident set during the analysis (VmHWM, reset just before) minus the
+resident set before it (psutil is not needed, and tracemalloc cannot see torch's or BLAS's
+allocations). The target is a total peak of at most twice the matrix.
+
+The last line is ``ratio=<analysis time / product time>``; target <= 1.5.
+
+    python benchmarks/spectrum.py [--quick] [--device cuda]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from directclr.analysis import embedding_spectrum, spectrum_metrics
+
+MB = 1 << 20
+
+
+def embeddings(rows: int, dim: int, device: str, seed: int = 0) -> torch.Tensor:
+    """Non-negative embeddings with a power-law spectrum (like ReLU representations), made
+    chunk by chunk so that building them needs no more memory than the matrix itself."""
+    generator = torch.Generator().manual_seed(seed)
+    scale = torch.arange(1, dim + 1, dtype=torch.float32) ** -0.75
+    x = torch.empty(rows, dim, dtype=torch.float32, device=device)
+    for start in range(0, rows, 4096):
+        chunk = torch.randn(min(4096, rows - start), dim, generator=generator) * scale
+        x[start : start + len(chunk)] = chunk.relu_()
+    return x
+
+
+def analyse(x: torch.Tensor) -> dict:
+    return spectrum_metrics(embedding_spectrum(x))
+
+
+def product(x: torch.Tensor) -> torch.Tensor:
+    return x.T @ x
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _status_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def memory_child(rows: int, dim: int, device: str) -> None:
+    """Print, as JSON, the matrix size and the analysis's peak memory on top of it."""
+    x = embeddings(rows, dim, device)
+    matrix_mb = x.numel() * x.element_size() / MB
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        analyse(x)
+        extra_mb = (torch.cuda.max_memory_allocated() - before) / MB
+        kind = "CUDA memory allocated by torch"
+    else:
+        Path("/proc/self/clear_refs").write_text("5")  # reset the peak resident set (VmHWM)
+        before = _status_kb("VmRSS")
+        analyse(x)
+        extra_mb = (_status_kb("VmHWM") - before) / 1024
+        kind = "resident set (VmHWM - VmRSS)"
+    print(json.dumps({"matrix_mb": matrix_mb, "extra_mb": extra_mb, "kind": kind}))
+
+
+def measure_memory(rows: int, dim: int, device: str) -> dict:
+    command = [sys.executable, __file__, "--memory-child", f"--rows={rows}", f"--dim={dim}",
+               f"--device={device}"]  # fmt: skip
+    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a small matrix: smoke test only")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--rows", type=int, default=50_000)
+    parser.add_argument("--dim", type=int, default=2_048)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.quick:
+        args.rows, args.dim, args.reps = 5_000, 256, 3
+    if args.memory_child:
+        memory_child(args.rows, args.dim, args.device)
+        return
+
+    memory = measure_memory(args.rows, args.dim, args.device)
+    x = embeddings(args.rows, args.dim, args.device)
+    product(x[:1024])  # warm-up: BLAS thread pools, allocator
+    analyse(x[:1024])
+    _sync(args.device)
+    times: dict[str, list[float]] = {"product": [], "analysis": []}
+    for _ in range(args.reps):
+        for name, run in (("product", product), ("analysis", analyse)):
+            start = time.perf_counter()
+            run(x)
+            _sync(args.device)
+            times[name].append(time.perf_counter() - start)
+    median = {name: statistics.median(t) for name, t in times.items()}
+    metrics = analyse(x)
+
+    print(
+        f"{args.rows:,} x {args.dim:,} float32 embeddings on {args.device}, "
+        f"{torch.get_num_threads()} threads; median of {args.reps} interleaved repetitions"
+        f"{' (--quick: rough)' if args.quick else ''}"
+    )
+    for name, label in (("product", "one float32 X.T @ X (floor)"),
+                        ("analysis", "all spectrum metrics")):  # fmt: skip
+        runs = ", ".join(f"{t:.2f}" for t in times[name])
+        print(f"  {label:32s} {median[name]:7.2f} s   (runs: {runs})")
+    print(
+        "  metrics: effective rank {effective_rank:.1f}, RankMe {rankme:.1f}, collapsed "
+        "{collapsed_dimensions}, alpha {power_law_alpha:.3f} (R^2 {power_law_r2:.3f}), top-10 "
+        "variance share {variance_share_top_k:.3f}".format(**metrics)
+    )
+    matrix, extra = memory["matrix_mb"], memory["extra_mb"]
+    print(
+        f"  memory ({memory['kind']}): matrix {matrix:.0f} MB, analysis peak {extra:.0f} MB on "
+        f"top, total {(matrix + extra) / matrix:.2f}x the matrix (target <= 2)"
+    )
+    print(f"ratio={median['analysis'] / median['product']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from directclr.comparison import comparison_row, to_markdown
+from directclr.plots import spectra_overlay_figure
+
+logger = logging.getLogger(__name__)
+
+ARTIFACTS_PER_RUN = ("linear_eval_metrics", "spectrum_metrics", "spectrum", "training_history")
+
+
+def make_compare_runs(
+    comparison: str, runs: list[str]
+) -> Callable[..., tuple[pd.DataFrame, str, plt.Figure]]:
+    """The node function for one comparison: it takes ``ARTIFACTS_PER_RUN`` for each run,
+    in order, and returns the table, its Markdown and the overlay of all spectra."""
+
+    def compare_runs(*artifacts) -> tuple[pd.DataFrame, str, plt.Figure]:
+        rows, spectra = [], {}
+        per_run = len(ARTIFACTS_PER_RUN)
+        for i, run in enumerate(runs):
+            linear_eval, spectrum_metrics, spectrum, history = artifacts[
+                i * per_run : (i + 1) * per_run
+            ]
+            name = run.removeprefix(f"{comparison}.")
+            rows.append(comparison_row(name, linear_eval, spectrum_metrics, history))
+            spectra[name] = spectrum
+        table = pd.DataFrame(rows)
+        logger.info(
+            "comparison %s: %d runs -> table (linear-probe top-1 on r: %s)",
+            comparison, len(rows),
+            ", ".join(f"{r['run']} {r['linear_probe_top1_r']:.4f}" for r in rows),
+        )  # fmt: skip
+        figure = spectra_overlay_figure(spectra, f"{comparison}: embedding spectra")
+        return table, to_markdown(table), figure
+
+    compare_runs.__name__ = compare_runs.__qualname__ = "compare_runs"
+    return compare_runs

@@ -1,0 +1,26 @@
+from kedro.pipeline import Node, Pipeline
+
+from .nodes import plot_depth_sweep, run_depth_sweep
+
+NAME = "toy_implicit_regularization"
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    nodes = Pipeline(
+        [
+            Node(
+                run_depth_sweep,
+                inputs=f"params:{NAME}",
+                outputs=["spectrum_history", "singular_values", "alignment", "summary", "metrics"],
+                name="run_depth_sweep",
+            ),
+            Node(
+                plot_depth_sweep,
+                inputs=["spectrum_history", "alignment"],
+                outputs=["spectrum_history_figure", "final_spectrum_figure", "alignment_figure"],
+                name="plot_depth_sweep",
+            ),
+        ],
+        tags=NAME,
+    )
+    return Pipeline(nodes, namespace=NAME, parameters={f"params:{NAME}"})

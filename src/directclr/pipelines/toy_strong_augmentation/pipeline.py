@@ -1,0 +1,26 @@
+from kedro.pipeline import Node, Pipeline
+
+from .nodes import plot_noise_sweep, run_noise_sweep
+
+NAME = "toy_strong_augmentation"
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    nodes = Pipeline(
+        [
+            Node(
+                run_noise_sweep,
+                inputs=f"params:{NAME}",
+                outputs=["spectrum_history", "theory_spectrum", "summary", "metrics"],
+                name="run_noise_sweep",
+            ),
+            Node(
+                plot_noise_sweep,
+                inputs="spectrum_history",
+                outputs=["spectrum_history_figure", "final_spectrum_figure"],
+                name="plot_noise_sweep",
+            ),
+        ],
+        tags=NAME,
+    )
+    return Pipeline(nodes, namespace=NAME, parameters={f"params:{NAME}"})
