@@ -225,16 +225,6 @@ def test_a_changed_file_names_itself_when_decoded_later(folder):
         materialize(manifest, "test")
 
 
-@pytest.fixture
-def project(tmp_path):
-    shutil.copytree(REPO / "conf", tmp_path / "conf", ignore=shutil.ignore_patterns("local"))
-    (tmp_path / "conf" / "local").mkdir()
-    shutil.copy(REPO / "pyproject.toml", tmp_path)
-    shutil.copy(REPO / ".telemetry", tmp_path)
-    (tmp_path / "src").mkdir()
-    return tmp_path
-
-
 def test_data_prep_pipeline_writes_a_versioned_manifest_and_card(project, monkeypatch):
     monkeypatch.chdir(project)  # kedro runs in the project root; data_prep.root is relative
     write_folder(project / "data" / "01_raw" / "pets")
@@ -259,3 +249,29 @@ def test_data_prep_pipeline_writes_a_versioned_manifest_and_card(project, monkey
     ):
         session.run(pipeline_names=["data_prep"])
     assert len(list((project / "data" / "03_primary" / "dataset.pt").iterdir())) == 1
+
+
+def test_the_whole_directclr_pipeline_streams_an_image_folder(project, monkeypatch):
+    monkeypatch.chdir(project)
+    write_folder(project / "data" / "01_raw" / "pets", per_class=12)
+    tiny = {"epochs": 1, "batch_size": 8, "width": 4, "warmup_epochs": 0, "num_workers": 0}
+    params = {
+        "data_prep": {"source": "image_folder", "root": "data/01_raw/pets", "image_size": 12,
+                      "num_workers": 0},
+        "pretraining": tiny,
+        "directclr": {"pretraining": {"d0": 8}},
+        "embeddings": {"num_workers": 0, "batch_size": 5},
+        "linear_eval": {"C_grid": [1.0], "max_iter": 100},
+    }  # fmt: skip
+    bootstrap_project(project)
+    with KedroSession.create(project_path=project, runtime_params=params) as session:
+        session.run(pipeline_names=["directclr"])
+        catalog = session.load_context().catalog
+        manifest = catalog.load("dataset")
+        embeddings = catalog.load("directclr.embeddings")
+        metrics = catalog.load("directclr.linear_eval_metrics")
+    assert embeddings["train_r"].shape == (len(manifest["train_paths"]), 32)
+    assert embeddings["test_z"].shape == (len(manifest["test_paths"]), 8)
+    assert torch.equal(embeddings["test_labels"], manifest["test_labels"])
+    assert 0 <= metrics["linear_probe_accuracy_r"] <= 1
+    assert metrics["linear_probe_accuracy_raw_pixels"] is not None

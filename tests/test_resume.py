@@ -8,6 +8,7 @@ import time
 
 import torch
 
+from directclr.batches import TensorBatches
 from directclr.checkpoints import CheckpointStore
 from directclr.training import PretrainingConfig, pretrain, run_key
 
@@ -51,7 +52,8 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_run(tmp_path, digits):
     dataset, card = digits
     images, labels = dataset["train_images"][:256], dataset["train_labels"][:256]
     config = PretrainingConfig(**SETTINGS)
-    checkpoint = CheckpointStore(tmp_path / "ckpt").path(run_key(config, images, labels))
+    fingerprint = TensorBatches(images, labels, 64, 0).fingerprint()
+    checkpoint = CheckpointStore(tmp_path / "ckpt").path(run_key(config, fingerprint))
 
     child = _child(tmp_path, "slow")
     deadline = time.monotonic() + 120
@@ -87,7 +89,7 @@ def test_resume_false_starts_afresh_and_a_damaged_checkpoint_is_refused(tmp_path
     store = CheckpointStore(tmp_path)
     config = PretrainingConfig(**{**SETTINGS, "epochs": 1})
     pretrain(images, labels, config, card["channel_mean"], card["channel_std"], store)
-    path = store.path(run_key(config, images, labels))
+    path = store.path(run_key(config, TensorBatches(images, labels, 64, 0).fingerprint()))
     assert path.exists()
     path.write_bytes(b"damaged")
     fresh = config.model_copy(update={"resume": False})

@@ -129,3 +129,21 @@ def test_spectrum_history_is_long_format(digits):
     assert (spectra["eigenvalue"] >= 0).all()
     first = spectra[(spectra.epoch == 1) & (spectra.vectors == "r")]["eigenvalue"].to_numpy()
     assert (first[:-1] >= first[1:]).all()
+
+
+def test_unlabelled_images_train_the_backbone_but_not_the_probe(digits):
+    from directclr.batches import training_batches
+
+    dataset, card = digits
+    stl_like = {
+        "train_images": dataset["train_images"][:128],
+        "train_labels": dataset["train_labels"][:128],
+        "unlabeled_images": dataset["test_images"][:128],
+    }
+    source = training_batches(stl_like, batch_size=64, seed=0, device="cpu")
+    assert source.num_images == 256 and source.num_classes == 10
+    assert int((source.labels == -1).sum()) == 128
+    config = PretrainingConfig(**{**TINY, "epochs": 1})
+    _, history, _ = pretrain(source, None, config, card["channel_mean"], card["channel_std"])
+    assert history["step"].tolist() == [4]
+    assert 0 <= history["online_probe_accuracy"].iloc[0] <= 1

@@ -15,6 +15,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Iterable
 from contextlib import nullcontext
 from typing import Literal
 
@@ -27,6 +28,7 @@ from torch import nn
 
 from directclr.analysis import covariance_spectrum, effective_rank
 from directclr.augment import TwoViewAugmentation, augment
+from directclr.batches import BatchSource, TensorBatches
 from directclr.checkpoints import CheckpointStore
 from directclr.losses import info_nce
 from directclr.models import (
@@ -52,7 +54,7 @@ Method = Literal[
 LOW_RANK_METHODS = ("directclr", "fixed_low_rank", "random_subset")
 # Settings that change how a run is executed, not what it computes: a checkpoint made under
 # other values of these still resumes.
-EXECUTION_SETTINGS = {"device", "checkpoint_every", "resume", "progress_every"}
+EXECUTION_SETTINGS = {"device", "checkpoint_every", "resume", "progress_every", "num_workers"}
 
 
 class ModelConfig(BaseModel):
@@ -104,6 +106,7 @@ class PretrainingConfig(ModelConfig):
     checkpoint_every: int = Field(1, ge=1, description="epochs between checkpoints")
     resume: bool = Field(True, description="continue from this run's checkpoint if there is one")
     progress_every: int = Field(20, ge=1, description="steps between progress-bar updates")
+    num_workers: int = Field(2, ge=0, description="DataLoader workers decoding an image folder")
 
     @model_validator(mode="after")
     def _check_device(self) -> PretrainingConfig:
@@ -167,14 +170,12 @@ def build_model(
     return ContrastiveModel(backbone, projector, mean, std)
 
 
-def run_key(config: PretrainingConfig, images: torch.Tensor, labels: torch.Tensor) -> str:
+def run_key(config: PretrainingConfig, data_fingerprint: str) -> str:
     """A name for a run: a hash of its settings (less execution-only ones) and its data."""
     h = hashlib.sha256()
     settings = config.model_dump(mode="json", exclude=EXECUTION_SETTINGS)
     h.update(json.dumps(settings, sort_keys=True).encode())
-    h.update(str(tuple(images.shape)).encode())
-    h.update(images.cpu().contiguous().numpy().tobytes())
-    h.update(labels.cpu().contiguous().numpy().tobytes())
+    h.update(data_fingerprint.encode())
     return f"{config.method}-{h.hexdigest()[:16]}"
 
 
@@ -225,14 +226,16 @@ class _Progress:
 
 
 def pretrain(
-    images: torch.Tensor,
-    labels: torch.Tensor,
+    images: torch.Tensor | BatchSource,
+    labels: torch.Tensor | None,
     config: PretrainingConfig,
     mean: list[float],
     std: list[float],
     checkpoints: CheckpointStore | None = None,
 ) -> tuple[ContrastiveModel, pd.DataFrame, pd.DataFrame]:
-    """Train ``config.method`` on uint8 ``images`` (N, C, H, W).
+    """Train ``config.method`` on uint8 ``images`` (N, C, H, W) with ``labels`` (the online
+    probe's; -1 for unlabelled images), or on any :class:`~directclr.batches.BatchSource`
+    (then ``labels`` is None), such as an image folder streamed from disk.
 
     Returns the model (on CPU, in eval mode), the history (one row per epoch: loss,
     learning rate, online-probe accuracy on the training batches, images/s, and every
@@ -240,36 +243,37 @@ def pretrain(
     images) and the spectrum history (the covariance eigenvalues behind those ranks, long
     format: epoch, step, vectors, index, eigenvalue).
     """
-    n = images.shape[0]
+    device = resolve_device(config.device)
+    if isinstance(images, torch.Tensor):
+        source = TensorBatches(images, labels, config.batch_size, config.seed, device)
+    else:
+        source = images
+    n = source.num_images
     if n < config.batch_size:
         raise ValueError(
             f"batch_size={config.batch_size} is larger than the training set ({n} images); "
             f"lower batch_size"
         )
-    device = resolve_device(config.device)
     bf16 = _use_bf16(config, device)
     channels_last = device.type == "cuda"
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
-    model = build_model(config, images.shape[1], mean, std, config.seed)
+    model = build_model(config, source.channels, mean, std, config.seed)
     model = model.to(device, memory_format=memory_format)
-    probe = nn.Linear(model.backbone.output_dim, int(labels.max()) + 1).to(device)
+    probe = nn.Linear(model.backbone.output_dim, source.num_classes).to(device)
     base_lr = scaled_lr(config.lr, config.batch_size, config.lr_scaling)
     optimizer = build_optimizer(
         config.optimizer, model, base_lr, config.weight_decay, config.momentum,
         fused=device.type == "cuda" and config.optimizer != "lars",
     )  # fmt: skip
     probe_optimizer = torch.optim.AdamW(probe.parameters(), lr=config.probe_lr)
-    order_rng = torch.Generator().manual_seed(config.seed)
     augment_rng = torch.Generator(device=device).manual_seed(config.seed)
     projector_rng = getattr(model.projector, "generator", None)
 
-    probe_index = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed + 1))
-    probe_images = images[probe_index[: min(n, 1024)]].to(device)
-    key = run_key(config, images, labels)
-    images, labels = images.to(device), labels.to(device)
+    probe_images = source.probe_batch(min(n, 1024), config.seed + 1)
+    key = run_key(config, source.fingerprint())
 
-    steps_per_epoch = n // config.batch_size
+    steps_per_epoch = source.steps_per_epoch()
     total_steps = steps_per_epoch * config.epochs
     warmup_steps = steps_per_epoch * config.warmup_epochs
     rows: list[dict] = []
@@ -282,7 +286,7 @@ def pretrain(
         probe.load_state_dict(state["probe"])
         optimizer.load_state_dict(state["optimizer"])
         probe_optimizer.load_state_dict(state["probe_optimizer"])
-        order_rng.set_state(state["order_rng"])
+        source.set_state(state["source"])
         augment_rng.set_state(state["augment_rng"])
         if projector_rng is not None:
             projector_rng.set_state(state["projector_rng"])
@@ -299,17 +303,15 @@ def pretrain(
     try:
         for epoch in range(start_epoch, config.epochs):
             start = time.perf_counter()
-            permutation = torch.randperm(n, generator=order_rng).to(device)
             loss_sum = torch.zeros((), device=device)
             correct = torch.zeros((), device=device)
+            labelled = torch.zeros((), device=device)
             first_bad = torch.full((), -1, device=device, dtype=torch.long)
             lrs: dict[int, float] = {}
-            for b in range(steps_per_epoch):
+            for b, (batch, batch_labels) in enumerate(source.epoch(epoch)):
                 lr = lrs[step] = learning_rate(step, total_steps, warmup_steps, base_lr)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                index = permutation[b * config.batch_size : (b + 1) * config.batch_size]
-                batch = images[index]
                 views = torch.cat([
                     augment(batch, config.augmentation.view1, augment_rng),
                     augment(batch, config.augmentation.view2, augment_rng),
@@ -322,14 +324,15 @@ def pretrain(
                 loss.backward()
                 optimizer.step()
 
-                logits = probe(r.detach().float()[: len(index)])
-                probe_loss = F.cross_entropy(logits, labels[index])
+                logits = probe(r.detach().float()[: len(batch)])
+                probe_loss = F.cross_entropy(logits, batch_labels, ignore_index=-1)
                 probe_optimizer.zero_grad(set_to_none=True)
                 probe_loss.backward()
                 probe_optimizer.step()
 
                 loss_sum += loss.detach()
-                correct += (logits.argmax(1) == labels[index]).sum()
+                correct += (logits.argmax(1) == batch_labels).sum()
+                labelled += (batch_labels >= 0).sum()
                 step += 1
                 # Track the first non-finite step on the device; look at it (a host sync)
                 # only every progress_every steps and at the end of the epoch.
@@ -353,7 +356,7 @@ def pretrain(
                 "step": step,
                 "loss": mean_loss,
                 "lr": lr,
-                "online_probe_accuracy": float(correct) / (steps_per_epoch * config.batch_size),
+                "online_probe_accuracy": float(correct) / max(float(labelled), 1.0),
                 "images_per_s": steps_per_epoch * config.batch_size / seconds,
                 "seconds": seconds,
                 "effective_rank_r": float("nan"),
@@ -385,7 +388,7 @@ def pretrain(
                     "probe": probe.state_dict(),
                     "optimizer": optimizer.state_dict(),
                     "probe_optimizer": probe_optimizer.state_dict(),
-                    "order_rng": order_rng.get_state(),
+                    "source": source.state(),
                     "augment_rng": augment_rng.get_state(),
                     "projector_rng": projector_rng.get_state() if projector_rng else None,
                     "history": rows,
@@ -416,15 +419,20 @@ def spectrum_history(spectra: list[dict]) -> pd.DataFrame:
 
 @torch.no_grad()
 def encode(
-    model: ContrastiveModel, images: torch.Tensor, batch_size: int = 1024, device: str = "auto"
+    model: ContrastiveModel,
+    images: torch.Tensor | Iterable[torch.Tensor],
+    batch_size: int = 1024,
+    device: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Representations r and embeddings z of uint8 ``images`` with the frozen model."""
+    """Representations r and embeddings z with the frozen model, of uint8 ``images`` (a
+    tensor, cut into batches of ``batch_size``, or any iterable of uint8 batches)."""
     target = resolve_device(device)
     model = model.to(target).eval()
+    if isinstance(images, torch.Tensor):
+        images = images.split(batch_size)
     rs, zs = [], []
-    for start in range(0, images.shape[0], batch_size):
-        batch = images[start : start + batch_size].to(target).float() / 255
-        r, z = model(batch)
+    for batch in images:
+        r, z = model(batch.to(target).float() / 255)
         rs.append(r.float().cpu())
         zs.append(z.float().cpu())
     model.cpu()

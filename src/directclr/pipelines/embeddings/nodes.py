@@ -4,6 +4,7 @@ import logging
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from directclr.data import iterate_batches
 from directclr.training import encode, model_from_artifact, resolve_device
 
 logger = logging.getLogger(__name__)
@@ -14,9 +15,19 @@ class EmbeddingsConfig(BaseModel):
 
     batch_size: int = Field(1024, ge=1)
     device: str = "auto"
+    num_workers: int = Field(2, ge=0, description="DataLoader workers decoding an image folder")
 
     def model_post_init(self, __context) -> None:
         resolve_device(self.device)
+
+
+def split_images(dataset: dict, split: str, params: EmbeddingsConfig):
+    """The uint8 images of a split: the stored tensor, or an image folder decoded in
+    DataLoader workers batch by batch, in manifest order."""
+    if dataset.get("kind") != "manifest":
+        return dataset[f"{split}_images"]
+    batches = iterate_batches(dataset, split, params.batch_size, num_workers=params.num_workers)
+    return (images for images, _ in batches)
 
 
 def export_embeddings(model: dict, dataset: dict, params: EmbeddingsConfig) -> dict:
@@ -25,7 +36,8 @@ def export_embeddings(model: dict, dataset: dict, params: EmbeddingsConfig) -> d
     frozen = model_from_artifact(model)
     out = {"method": model["config"]["method"], "d0": int(model["config"]["d0"])}
     for split in ("train", "test"):
-        r, z = encode(frozen, dataset[f"{split}_images"], params.batch_size, params.device)
+        r, z = encode(frozen, split_images(dataset, split, params), params.batch_size,
+                      params.device)  # fmt: skip
         out[f"{split}_r"], out[f"{split}_z"] = r, z
         out[f"{split}_labels"] = dataset[f"{split}_labels"]
     logger.info(

@@ -5,6 +5,7 @@ import logging
 import matplotlib.pyplot as plt
 from pydantic import BaseModel, ConfigDict, Field
 
+from directclr.data import materialize
 from directclr.evaluation import knn_accuracy, linear_probe
 from directclr.plots import confusion_figure
 
@@ -53,7 +54,7 @@ def evaluate_linear_probe(
         sub = probe(embeddings["train_r"][:, :d0], embeddings["test_r"][:, :d0])
         probes["r[:d0]"] = sub.as_dict()
     if params.raw_pixels:
-        raw = probe(dataset["train_images"], dataset["test_images"])
+        raw = probe(materialize(dataset, "train"), materialize(dataset, "test"))
         probes["raw_pixels"] = raw.as_dict()
     knn = knn_accuracy(embeddings["train_r"], train_y, embeddings["test_r"], test_y,
                        params.knn_k, params.knn_temperature)  # fmt: skip

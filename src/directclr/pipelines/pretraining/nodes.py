@@ -5,9 +5,10 @@ import logging
 import matplotlib.pyplot as plt
 import pandas as pd
 
+from directclr.batches import training_batches
 from directclr.checkpoints import CheckpointStore
 from directclr.plots import training_history_figure
-from directclr.training import model_artifact, pretrain, run_config
+from directclr.training import model_artifact, pretrain, resolve_device, run_config
 
 logger = logging.getLogger(__name__)
 
@@ -24,10 +25,12 @@ def pretrain_model(
     the history. Checkpoints go to the ``checkpoints`` store while training runs.
     """
     params = run_config(recipe, run)
-    images = dataset["train_images"]
+    source = training_batches(
+        dataset, params.batch_size, params.seed, resolve_device(params.device), params.num_workers
+    )
     model, history, spectra = pretrain(
-        images,
-        dataset["train_labels"],
+        source,
+        None,
         params,
         mean=dataset_card["channel_mean"],
         std=dataset_card["channel_std"],
@@ -37,8 +40,13 @@ def pretrain_model(
     logger.info(
         "pretraining: %s on %d images, %d epochs -> model (final loss %.4f, online probe %.3f, "
         "effective rank r %.1f, z %.1f)",
-        params.method, len(images), params.epochs, last["loss"], last["online_probe_accuracy"],
-        last["effective_rank_r"], last["effective_rank_z"],
-    )  # fmt: skip
+        params.method,
+        source.num_images,
+        params.epochs,
+        last["loss"],
+        last["online_probe_accuracy"],
+        last["effective_rank_r"],
+        last["effective_rank_z"],
+    )
     figure = training_history_figure(history, f"{params.method}: training history")
-    return model_artifact(model, params, images.shape[1]), history, spectra, figure
+    return model_artifact(model, params, source.channels), history, spectra, figure

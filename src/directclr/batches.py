@@ -1,0 +1,161 @@
+"""Where training batches come from: a uint8 tensor on the device, or an image folder
+decoded in DataLoader workers. Both yield (uint8 images, int64 labels) on the device;
+unlabelled images (STL-10's unlabeled split) carry the label -1."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+import torch
+
+from directclr.data import ImageFolderSplit, iterate_batches
+
+
+class BatchSource(Protocol):
+    """What the training loop needs from its data."""
+
+    num_images: int
+    channels: int
+    num_classes: int
+    batch_size: int
+
+    def steps_per_epoch(self) -> int: ...
+
+    def epoch(self, index: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+    def probe_batch(self, size: int, seed: int) -> torch.Tensor: ...
+
+    def fingerprint(self) -> str: ...
+
+    def state(self) -> dict[str, Any]: ...
+
+    def set_state(self, state: dict[str, Any]) -> None: ...
+
+
+class TensorBatches:
+    """Batches drawn from uint8 images held whole on the training device.
+
+    Each epoch is a fresh permutation from a seeded generator whose state is part of a
+    checkpoint, so a resumed run sees the same batches as an uninterrupted one.
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int,
+        seed: int,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        if images.dtype != torch.uint8 or images.ndim != 4:
+            raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} "
+                             f"{tuple(images.shape)}")  # fmt: skip
+        self.num_images, self.channels = images.shape[0], images.shape[1]
+        labelled = labels[labels >= 0]
+        self.num_classes = int(labelled.max()) + 1 if len(labelled) else 1
+        self.batch_size = batch_size
+        self._cpu_images, self._cpu_labels = images, labels
+        self.images, self.labels = images.to(device), labels.to(device)
+        self.device = torch.device(device)
+        self.rng = torch.Generator().manual_seed(seed)
+
+    def steps_per_epoch(self) -> int:
+        return self.num_images // self.batch_size
+
+    def epoch(self, index: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        permutation = torch.randperm(self.num_images, generator=self.rng).to(self.device)
+        for b in range(self.steps_per_epoch()):
+            rows = permutation[b * self.batch_size : (b + 1) * self.batch_size]
+            yield self.images[rows], self.labels[rows]
+
+    def probe_batch(self, size: int, seed: int) -> torch.Tensor:
+        order = torch.randperm(self.num_images, generator=torch.Generator().manual_seed(seed))
+        return self.images[order[:size].to(self.device)]
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256(str(tuple(self._cpu_images.shape)).encode())
+        h.update(self._cpu_images.contiguous().numpy().tobytes())
+        h.update(self._cpu_labels.contiguous().numpy().tobytes())
+        return h.hexdigest()
+
+    def state(self) -> dict[str, Any]:
+        return {"order_rng": self.rng.get_state()}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.rng.set_state(state["order_rng"])
+
+
+class FolderBatches:
+    """Batches of an image-folder manifest, decoded and resized in DataLoader workers.
+
+    Never holds the folder in memory. Epoch ``e`` is shuffled with seed ``seed + e``, so
+    the order needs no saved state to be reproduced on resume.
+    """
+
+    def __init__(
+        self,
+        manifest: dict[str, Any],
+        split: str,
+        batch_size: int,
+        seed: int,
+        device: torch.device | str = "cpu",
+        num_workers: int = 2,
+    ) -> None:
+        self.manifest, self.split = manifest, split
+        self.num_images = len(manifest[f"{split}_paths"])
+        self.channels = int(manifest["channels"])
+        self.num_classes = len(manifest["classes"])
+        self.batch_size = batch_size
+        self.seed = seed
+        self.device = torch.device(device)
+        self.num_workers = num_workers
+
+    def steps_per_epoch(self) -> int:
+        return self.num_images // self.batch_size
+
+    def epoch(self, index: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        pin = self.device.type == "cuda"
+        for images, labels in iterate_batches(
+            self.manifest, self.split, self.batch_size, shuffle=True, seed=self.seed + index,
+            num_workers=self.num_workers, drop_last=True, pin_memory=pin,
+        ):  # fmt: skip
+            yield images.to(self.device, non_blocking=pin), labels.to(self.device, non_blocking=pin)
+
+    def probe_batch(self, size: int, seed: int) -> torch.Tensor:
+        dataset = ImageFolderSplit(self.manifest, self.split)
+        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
+        return torch.stack([dataset[int(i)][0] for i in order[:size]]).to(self.device)
+
+    def fingerprint(self) -> str:
+        labels = self.manifest[f"{self.split}_labels"]
+        listing = {
+            "paths": self.manifest[f"{self.split}_paths"],
+            "labels": [int(v) for v in labels],
+            "size": self.manifest["image_size"],
+        }
+        return hashlib.sha256(json.dumps(listing).encode()).hexdigest()
+
+    def state(self) -> dict[str, Any]:
+        return {}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        return None
+
+
+def training_batches(
+    dataset: dict[str, Any], batch_size: int, seed: int, device: torch.device | str,
+    num_workers: int = 2,
+) -> BatchSource:  # fmt: skip
+    """The pretraining data of a data_prep artifact: its train split, plus STL-10's
+    unlabeled split when present; an image folder streams from disk."""
+    if dataset.get("kind") == "manifest":
+        return FolderBatches(dataset, "train", batch_size, seed, device, num_workers)
+    images, labels = dataset["train_images"], dataset["train_labels"]
+    if "unlabeled_images" in dataset:
+        extra = dataset["unlabeled_images"]
+        images = torch.cat([images, extra])
+        labels = torch.cat([labels, torch.full((len(extra),), -1, dtype=labels.dtype)])
+    return TensorBatches(images, labels, batch_size, seed, device)
