@@ -49,3 +49,10 @@ def test_loss_module_rejects_non_positive_temperature():
         InfoNCELoss(0.0)
     with pytest.raises(ValueError, match="same shape"):
         info_nce(torch.randn(4, 3), torch.randn(5, 3), 0.1)
+
+
+def test_shares_of_anchors_average_to_the_full_loss():
+    z1, z2 = torch.randn(12, 6), torch.randn(12, 6)
+    full = info_nce(z1, z2, 0.3)
+    shares = [info_nce(z1, z2, 0.3, anchors=(a, a + 4)) for a in (0, 4, 8)]
+    assert torch.stack(shares).mean().item() == pytest.approx(full.item(), rel=1e-6)

@@ -67,9 +67,9 @@ def test_a_non_finite_loss_stops_the_run_naming_step_and_lr(digits, monkeypatch)
 
     calls = []
 
-    def nan_from_step_5(z1, z2, temperature):
+    def nan_from_step_5(z1, z2, temperature, anchors=None):
         calls.append(1)
-        loss = info_nce(z1, z2, temperature)
+        loss = info_nce(z1, z2, temperature, anchors)
         return loss * float("nan") if len(calls) > 5 else loss
 
     monkeypatch.setattr("directclr.training.info_nce", nan_from_step_5)
@@ -140,7 +140,7 @@ def test_unlabelled_images_train_the_backbone_but_not_the_probe(digits):
         "train_labels": dataset["train_labels"][:128],
         "unlabeled_images": dataset["test_images"][:128],
     }
-    source = training_batches(stl_like, batch_size=64, seed=0, device="cpu")
+    source = training_batches(stl_like, batch_size=64, seed=0)
     assert source.num_images == 256 and source.num_classes == 10
     assert int((source.labels == -1).sum()) == 128
     config = PretrainingConfig(**{**TINY, "epochs": 1})

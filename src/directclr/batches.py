@@ -10,8 +10,9 @@ from collections.abc import Iterator
 from typing import Any, Protocol
 
 import torch
+from torch.utils.data import DataLoader, Subset
 
-from directclr.data import ImageFolderSplit, iterate_batches
+from directclr.data import ImageFolderSplit
 
 
 class BatchSource(Protocol):
@@ -22,13 +23,19 @@ class BatchSource(Protocol):
     num_classes: int
     batch_size: int
 
+    def to(self, device: torch.device | str) -> BatchSource: ...
+
     def steps_per_epoch(self) -> int: ...
 
-    def epoch(self, index: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+    def epoch(
+        self, index: int, rank: int = 0, world: int = 1
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
 
     def probe_batch(self, size: int, seed: int) -> torch.Tensor: ...
 
     def fingerprint(self) -> str: ...
+
+    def spec(self) -> dict[str, Any]: ...
 
     def state(self) -> dict[str, Any]: ...
 
@@ -39,7 +46,9 @@ class TensorBatches:
     """Batches drawn from uint8 images held whole on the training device.
 
     Each epoch is a fresh permutation from a seeded generator whose state is part of a
-    checkpoint, so a resumed run sees the same batches as an uninterrupted one.
+    checkpoint, so a resumed run sees the same batches as an uninterrupted one. In a job of
+    ``world`` processes every process draws the same permutation and takes its own
+    contiguous share of each global batch of ``batch_size`` images.
     """
 
     def __init__(
@@ -48,7 +57,6 @@ class TensorBatches:
         labels: torch.Tensor,
         batch_size: int,
         seed: int,
-        device: torch.device | str = "cpu",
     ) -> None:
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} "
@@ -58,17 +66,32 @@ class TensorBatches:
         self.num_classes = int(labelled.max()) + 1 if len(labelled) else 1
         self.batch_size = batch_size
         self._cpu_images, self._cpu_labels = images, labels
-        self.images, self.labels = images.to(device), labels.to(device)
-        self.device = torch.device(device)
+        self.images, self.labels = images, labels
+        self.device = torch.device("cpu")
         self.rng = torch.Generator().manual_seed(seed)
+
+    def spec(self) -> dict[str, Any]:
+        """Everything needed to rebuild this source in another process (weights-only)."""
+        return {"kind": "tensors", "images": self._cpu_images, "labels": self._cpu_labels,
+                "batch_size": self.batch_size, "rng": self.rng.get_state()}  # fmt: skip
+
+    def to(self, device: torch.device | str) -> TensorBatches:
+        """Hold the images on ``device`` (the training device) from now on."""
+        self.device = torch.device(device)
+        self.images, self.labels = self._cpu_images.to(device), self._cpu_labels.to(device)
+        return self
 
     def steps_per_epoch(self) -> int:
         return self.num_images // self.batch_size
 
-    def epoch(self, index: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def epoch(
+        self, index: int, rank: int = 0, world: int = 1
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         permutation = torch.randperm(self.num_images, generator=self.rng).to(self.device)
+        share = self.batch_size // world
         for b in range(self.steps_per_epoch()):
-            rows = permutation[b * self.batch_size : (b + 1) * self.batch_size]
+            start = b * self.batch_size + rank * share
+            rows = permutation[start : start + share]
             yield self.images[rows], self.labels[rows]
 
     def probe_batch(self, size: int, seed: int) -> torch.Tensor:
@@ -92,7 +115,8 @@ class FolderBatches:
     """Batches of an image-folder manifest, decoded and resized in DataLoader workers.
 
     Never holds the folder in memory. Epoch ``e`` is shuffled with seed ``seed + e``, so
-    the order needs no saved state to be reproduced on resume.
+    the order needs no saved state to be reproduced on resume. In a job every process
+    decodes only its own share of each global batch.
     """
 
     def __init__(
@@ -101,7 +125,6 @@ class FolderBatches:
         split: str,
         batch_size: int,
         seed: int,
-        device: torch.device | str = "cpu",
         num_workers: int = 2,
     ) -> None:
         self.manifest, self.split = manifest, split
@@ -110,18 +133,39 @@ class FolderBatches:
         self.num_classes = len(manifest["classes"])
         self.batch_size = batch_size
         self.seed = seed
-        self.device = torch.device(device)
+        self.device = torch.device("cpu")
         self.num_workers = num_workers
+
+    def spec(self) -> dict[str, Any]:
+        """Everything needed to rebuild this source in another process (weights-only)."""
+        return {"kind": "manifest", "manifest": self.manifest, "split": self.split,
+                "batch_size": self.batch_size, "seed": self.seed,
+                "num_workers": self.num_workers}  # fmt: skip
+
+    def to(self, device: torch.device | str) -> FolderBatches:
+        self.device = torch.device(device)
+        return self
 
     def steps_per_epoch(self) -> int:
         return self.num_images // self.batch_size
 
-    def epoch(self, index: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def epoch(
+        self, index: int, rank: int = 0, world: int = 1
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = torch.randperm(
+            self.num_images, generator=torch.Generator().manual_seed(self.seed + index)
+        )
+        share = self.batch_size // world
+        steps = self.steps_per_epoch()
+        mine = order[: steps * self.batch_size].view(steps, world, share)[:, rank].reshape(-1)
         pin = self.device.type == "cuda"
-        for images, labels in iterate_batches(
-            self.manifest, self.split, self.batch_size, shuffle=True, seed=self.seed + index,
-            num_workers=self.num_workers, drop_last=True, pin_memory=pin,
-        ):  # fmt: skip
+        loader = DataLoader(
+            Subset(ImageFolderSplit(self.manifest, self.split), mine.tolist()),
+            batch_size=share,
+            num_workers=self.num_workers,
+            pin_memory=pin,
+        )
+        for images, labels in loader:
             yield images.to(self.device, non_blocking=pin), labels.to(self.device, non_blocking=pin)
 
     def probe_batch(self, size: int, seed: int) -> torch.Tensor:
@@ -146,16 +190,25 @@ class FolderBatches:
 
 
 def training_batches(
-    dataset: dict[str, Any], batch_size: int, seed: int, device: torch.device | str,
-    num_workers: int = 2,
-) -> BatchSource:  # fmt: skip
+    dataset: dict[str, Any], batch_size: int, seed: int, num_workers: int = 2
+) -> BatchSource:
     """The pretraining data of a data_prep artifact: its train split, plus STL-10's
     unlabeled split when present; an image folder streams from disk."""
     if dataset.get("kind") == "manifest":
-        return FolderBatches(dataset, "train", batch_size, seed, device, num_workers)
+        return FolderBatches(dataset, "train", batch_size, seed, num_workers)
     images, labels = dataset["train_images"], dataset["train_labels"]
     if "unlabeled_images" in dataset:
         extra = dataset["unlabeled_images"]
         images = torch.cat([images, extra])
         labels = torch.cat([labels, torch.full((len(extra),), -1, dtype=labels.dtype)])
-    return TensorBatches(images, labels, batch_size, seed, device)
+    return TensorBatches(images, labels, batch_size, seed)
+
+
+def source_from_spec(spec: dict[str, Any]) -> BatchSource:
+    """The inverse of ``spec()``: the same source, rebuilt in this process."""
+    if spec["kind"] == "manifest":
+        return FolderBatches(spec["manifest"], spec["split"], spec["batch_size"], spec["seed"],
+                             spec["num_workers"])  # fmt: skip
+    source = TensorBatches(spec["images"], spec["labels"], spec["batch_size"], seed=0)
+    source.rng.set_state(spec["rng"])
+    return source

@@ -1,7 +1,10 @@
-"""Project hooks: check every run's training settings before any node runs."""
+"""Project hooks: check every run's training settings before any node runs; under torchrun,
+let only rank 0 write artifacts."""
 
 from __future__ import annotations
 
+import logging
+import os
 from typing import Any
 
 from kedro.framework.hooks import hook_impl
@@ -58,3 +61,26 @@ class ValidateRunSettings:
         )
         if runs:
             validate_runs(catalog.load("parameters"), runs)
+
+
+class RankZeroWrites:
+    """Under ``torchrun`` every process runs the whole pipeline (the pretraining node trains
+    as one data-parallel job); only rank 0 writes catalog outputs. The other ranks keep
+    what they would have saved in memory, for the nodes after it, and log only warnings."""
+
+    @hook_impl
+    def after_catalog_created(self, catalog) -> None:
+        if int(os.environ.get("RANK", "0")) == 0:
+            return
+        kept: dict[str, Any] = {}
+        load_persisted = catalog.load
+
+        def save(name: str, data: Any) -> None:
+            kept[name] = data
+
+        def load(name: str, version: str | None = None) -> Any:
+            return kept[name] if name in kept else load_persisted(name, version)
+
+        catalog.save, catalog.load = save, load
+        for name in ("kedro", "directclr"):
+            logging.getLogger(name).setLevel(logging.WARNING)

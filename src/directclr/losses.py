@@ -7,7 +7,12 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def info_nce(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
+def info_nce(
+    z1: torch.Tensor,
+    z2: torch.Tensor,
+    temperature: float,
+    anchors: tuple[int, int] | None = None,
+) -> torch.Tensor:
     """Symmetric InfoNCE (SimCLR's NT-Xent) over the 2N embeddings of N positive pairs.
 
     With u = normalize(z) for the 2N rows and s_ij = u_i . u_j / temperature, each row i
@@ -17,15 +22,21 @@ def info_nce(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Te
 
     and the loss is the mean over all 2N rows, so both views act as anchors. Computed in
     float32 with log-sum-exp, it stays finite at temperature 0.05 and for large batches.
+
+    ``anchors=(a, b)`` averages only over the rows of pairs a..b-1 (in both views), still
+    against all 2N candidates: one process's share of a loss over a batch gathered from
+    several processes. The mean of the shares over equal shards is the full loss.
     """
     if z1.shape != z2.shape:
         raise ValueError(f"the two views must have the same shape, got {z1.shape} and {z2.shape}")
     n = z1.shape[0]
+    start, stop = anchors or (0, n)
     u = F.normalize(torch.cat([z1, z2]).float(), dim=1)
-    logits = u @ u.T / temperature
-    self_mask = torch.eye(2 * n, dtype=torch.bool, device=u.device)
-    logits = logits.masked_fill(self_mask, float("-inf"))
-    positives = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(u.device)
+    pairs = torch.arange(start, stop, device=u.device)
+    rows = torch.cat([pairs, pairs + n])
+    logits = u[rows] @ u.T / temperature
+    logits[torch.arange(len(rows), device=u.device), rows] = float("-inf")
+    positives = torch.cat([pairs + n, pairs])
     return F.cross_entropy(logits, positives)
 
 

@@ -23,20 +23,31 @@ METHODS = (
 BACKBONES = ("small_cnn", "resnet18", "resnet50")
 
 
+def norm_layer(kind: str, channels: int) -> nn.Module:
+    """BatchNorm2d, or GroupNorm with groups of (at most) 8 channels."""
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "group":
+        return nn.GroupNorm(max(1, channels // 8), channels)
+    raise ValueError(f"unknown norm {kind!r}; choose batch or group")
+
+
 class SmallCNN(nn.Module):
     """A four-block conv net for images of up to 32 px (digits, MNIST, CIFAR).
 
-    conv3x3-BN-ReLU blocks of width w, 2w, 4w, 8w with 2x2 max-pooling after the second and
-    third block, then global average pooling: the representation has 8w dimensions.
+    conv3x3-norm-ReLU blocks of width w, 2w, 4w, 8w with 2x2 max-pooling after the second
+    and third block, then global average pooling: the representation has 8w dimensions.
+    ``norm`` is ``batch`` (BatchNorm) or ``group`` (GroupNorm: no batch statistics, so a
+    sample's representation does not depend on the rest of its batch).
     """
 
-    def __init__(self, in_channels: int = 1, width: int = 64) -> None:
+    def __init__(self, in_channels: int = 1, width: int = 64, norm: str = "batch") -> None:
         super().__init__()
 
         def block(cin: int, cout: int) -> list[nn.Module]:
             return [
                 nn.Conv2d(cin, cout, 3, padding=1, bias=False),
-                nn.BatchNorm2d(cout),
+                norm_layer(norm, cout),
                 nn.ReLU(inplace=True),
             ]
 
@@ -139,11 +150,20 @@ class ResNetBackbone(nn.Module):
     """
 
     def __init__(
-        self, depth: int, in_channels: int, cifar_stem: bool, zero_init_residual: bool
+        self,
+        depth: int,
+        in_channels: int,
+        cifar_stem: bool,
+        zero_init_residual: bool,
+        norm: str = "batch",
     ) -> None:
         super().__init__()
         factory = {18: torchvision.models.resnet18, 50: torchvision.models.resnet50}[depth]
-        net = factory(weights=None, zero_init_residual=zero_init_residual)
+        net = factory(
+            weights=None,
+            zero_init_residual=zero_init_residual,
+            norm_layer=lambda channels: norm_layer(norm, channels),
+        )
         if cifar_stem:
             net.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
             net.maxpool = nn.Identity()
@@ -169,18 +189,20 @@ def representation_dim(backbone: str, width: int) -> int:
 
 
 def build_backbone(
-    name: str, in_channels: int, width: int = 64, zero_init_residual: bool = False
+    name: str,
+    in_channels: int,
+    width: int = 64,
+    zero_init_residual: bool = False,
+    norm: str = "batch",
 ) -> nn.Module:
     """``small_cnn`` (up to 32 px), ``resnet18`` with a CIFAR stem (32-96 px), ``resnet50``
     with torchvision's ImageNet stem."""
     if name == "small_cnn":
-        return SmallCNN(in_channels, width)
+        return SmallCNN(in_channels, width, norm)
     if name == "resnet18":
-        return ResNetBackbone(18, in_channels, cifar_stem=True,
-                              zero_init_residual=zero_init_residual)  # fmt: skip
+        return ResNetBackbone(18, in_channels, True, zero_init_residual, norm)
     if name == "resnet50":
-        return ResNetBackbone(50, in_channels, cifar_stem=False,
-                              zero_init_residual=zero_init_residual)  # fmt: skip
+        return ResNetBackbone(50, in_channels, False, zero_init_residual, norm)
     raise ValueError(f"unknown backbone {name!r}; choose one of {BACKBONES}")
 
 

@@ -13,7 +13,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import sys
+import tempfile
 import time
 from collections.abc import Iterable
 from contextlib import nullcontext
@@ -25,11 +27,22 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from directclr.analysis import covariance_spectrum, effective_rank
 from directclr.augment import TwoViewAugmentation, augment
-from directclr.batches import BatchSource, TensorBatches
+from directclr.batches import BatchSource, TensorBatches, source_from_spec
 from directclr.checkpoints import CheckpointStore
+from directclr.distributed import (
+    all_gather_objects,
+    all_sum,
+    barrier,
+    gather_with_grad,
+    init_from_environment,
+    launched_world_size,
+    rank_and_world,
+    spawn,
+)
 from directclr.losses import info_nce
 from directclr.models import (
     ContrastiveModel,
@@ -54,7 +67,10 @@ Method = Literal[
 LOW_RANK_METHODS = ("directclr", "fixed_low_rank", "random_subset")
 # Settings that change how a run is executed, not what it computes: a checkpoint made under
 # other values of these still resumes.
-EXECUTION_SETTINGS = {"device", "checkpoint_every", "resume", "progress_every", "num_workers"}
+EXECUTION_SETTINGS = {
+    "device", "checkpoint_every", "resume", "progress_every", "num_workers", "devices",
+    "dist_timeout_s",
+}  # fmt: skip
 
 
 class ModelConfig(BaseModel):
@@ -66,6 +82,9 @@ class ModelConfig(BaseModel):
     backbone: Literal["small_cnn", "resnet18", "resnet50"] = "small_cnn"
     width: int = Field(64, ge=1, description="channels of small_cnn's first block (r: 8*width)")
     zero_init_residual: bool = Field(False, description="ResNets: last BN of each block at 0")
+    norm: Literal["batch", "group"] = Field(
+        "batch", description="backbone normalisation; group has no batch statistics"
+    )
     d0: int = Field(64, ge=1, description="embedding size for directclr and the low-rank rows")
     projector_hidden_dim: int = Field(512, ge=1)
     projector_dim: int = Field(128, ge=1)
@@ -107,11 +126,27 @@ class PretrainingConfig(ModelConfig):
     resume: bool = Field(True, description="continue from this run's checkpoint if there is one")
     progress_every: int = Field(20, ge=1, description="steps between progress-bar updates")
     num_workers: int = Field(2, ge=0, description="DataLoader workers decoding an image folder")
+    devices: int = Field(
+        1, ge=1, description="processes to train on (one per GPU; gloo on CPU); torchrun overrides"
+    )
+    dist_timeout_s: float = Field(600, gt=0, description="a stuck collective fails after this")
 
     @model_validator(mode="after")
     def _check_device(self) -> PretrainingConfig:
         if self.device != "auto":
             resolve_device(self.device)
+        if self.batch_size % self.devices:
+            raise ValueError(
+                f"batch_size={self.batch_size} must split evenly over devices={self.devices}"
+            )
+        uses_cuda = self.device.startswith("cuda") or (
+            self.device == "auto" and torch.cuda.is_available()
+        )
+        if self.devices > 1 and uses_cuda and self.devices > torch.cuda.device_count():
+            raise ValueError(
+                f"devices={self.devices} asked for, but {torch.cuda.device_count()} GPUs are "
+                f"present; lower devices"
+            )
         return self
 
 
@@ -157,7 +192,9 @@ def build_model(
 ) -> ContrastiveModel:
     """The model a config describes, with fresh weights drawn from ``seed``."""
     torch.manual_seed(seed)
-    backbone = build_backbone(config.backbone, in_channels, config.width, config.zero_init_residual)
+    backbone = build_backbone(
+        config.backbone, in_channels, config.width, config.zero_init_residual, config.norm
+    )
     dim = backbone.output_dim
     if config.method in LOW_RANK_METHODS and config.d0 > dim:
         raise ValueError(
@@ -170,12 +207,14 @@ def build_model(
     return ContrastiveModel(backbone, projector, mean, std)
 
 
-def run_key(config: PretrainingConfig, data_fingerprint: str) -> str:
-    """A name for a run: a hash of its settings (less execution-only ones) and its data."""
+def run_key(config: PretrainingConfig, data_fingerprint: str, world: int = 1) -> str:
+    """A name for a run: a hash of its settings (less execution-only ones), its data and
+    the number of processes (each process draws its own augmentations)."""
     h = hashlib.sha256()
     settings = config.model_dump(mode="json", exclude=EXECUTION_SETTINGS)
     h.update(json.dumps(settings, sort_keys=True).encode())
     h.update(data_fingerprint.encode())
+    h.update(f"world={world}".encode())
     return f"{config.method}-{h.hexdigest()[:16]}"
 
 
@@ -197,9 +236,9 @@ def _probe_spectra(model: ContrastiveModel, images: torch.Tensor) -> tuple[np.nd
 class _Progress:
     """A progress bar (step, loss, images/s, time left) on a terminal; silent otherwise."""
 
-    def __init__(self, total: int, done: int) -> None:
+    def __init__(self, total: int, done: int, enabled: bool = True) -> None:
         self.bar = None
-        if sys.stderr.isatty():
+        if enabled and sys.stderr.isatty():
             from rich.progress import (
                 BarColumn,
                 MofNCompleteColumn,
@@ -225,6 +264,51 @@ class _Progress:
             self.bar.stop()
 
 
+def _log(rank: int, message: str, *args) -> None:
+    if rank == 0:
+        logger.info(message, *args)
+
+
+def _train_in_process(job: str) -> None:
+    """One process of a job started by :func:`_pretrain_in_processes`; rank 0 leaves the
+    result beside the job file for the parent."""
+    spec = torch.load(job, weights_only=True)
+    store = CheckpointStore(spec["checkpoints"]) if spec["checkpoints"] else None
+    config = PretrainingConfig.model_validate(spec["config"])
+    model, history, spectra = pretrain(
+        source_from_spec(spec["source"]), None, config, spec["mean"], spec["std"], store
+    )
+    if rank_and_world()[0] == 0:
+        torch.save({"state_dict": model.state_dict(), "history": history.to_dict("list"),
+                    "spectra": spectra.to_dict("list")}, job + ".result")  # fmt: skip
+
+
+def _pretrain_in_processes(
+    source: BatchSource,
+    config: PretrainingConfig,
+    mean: list[float],
+    std: list[float],
+    checkpoints: CheckpointStore | None,
+) -> tuple[ContrastiveModel, pd.DataFrame, pd.DataFrame]:
+    """``devices: N`` from a single process: start a job of N processes (nccl on CUDA,
+    gloo on CPU), wait for it, and return rank 0's result. The job's inputs travel as a
+    weights-only file, not through pickled arguments."""
+    with tempfile.TemporaryDirectory() as tmp:
+        job = os.path.join(tmp, "job.pt")
+        torch.save({
+            "source": source.spec(),
+            "config": config.model_dump(mode="json"),
+            "mean": list(mean),
+            "std": list(std),
+            "checkpoints": str(checkpoints.directory) if checkpoints else None,
+        }, job)  # fmt: skip
+        spawn(_train_in_process, config.devices, (job,))
+        result = torch.load(job + ".result", weights_only=True)
+    model = build_model(config, source.channels, mean, std, config.seed)
+    model.load_state_dict(result["state_dict"])
+    return model.eval(), pd.DataFrame(result["history"]), pd.DataFrame(result["spectra"])
+
+
 def pretrain(
     images: torch.Tensor | BatchSource,
     labels: torch.Tensor | None,
@@ -243,11 +327,21 @@ def pretrain(
     images) and the spectrum history (the covariance eigenvalues behind those ranks, long
     format: epoch, step, vectors, index, eigenvalue).
     """
-    device = resolve_device(config.device)
     if isinstance(images, torch.Tensor):
-        source = TensorBatches(images, labels, config.batch_size, config.seed, device)
+        source = TensorBatches(images, labels, config.batch_size, config.seed)
     else:
         source = images
+    if config.devices > 1 and launched_world_size() == 1:
+        return _pretrain_in_processes(source, config, mean, std, checkpoints)
+    device = resolve_device(config.device)
+    distributed = init_from_environment(device.type, config.dist_timeout_s)
+    rank, world = rank_and_world()
+    if distributed and device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    if config.batch_size % world:
+        raise ValueError(f"batch_size={config.batch_size} must split evenly over {world} processes")
+    share = config.batch_size // world
+    source.to(device)
     n = source.num_images
     if n < config.batch_size:
         raise ValueError(
@@ -259,19 +353,24 @@ def pretrain(
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     model = build_model(config, source.channels, mean, std, config.seed)
+    if distributed and device.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = model.to(device, memory_format=memory_format)
     probe = nn.Linear(model.backbone.output_dim, source.num_classes).to(device)
+    device_ids = [device.index] if device.type == "cuda" else None
+    train_model = DDP(model, device_ids=device_ids) if distributed else model
+    train_probe = DDP(probe, device_ids=device_ids) if distributed else probe
     base_lr = scaled_lr(config.lr, config.batch_size, config.lr_scaling)
     optimizer = build_optimizer(
         config.optimizer, model, base_lr, config.weight_decay, config.momentum,
         fused=device.type == "cuda" and config.optimizer != "lars",
     )  # fmt: skip
     probe_optimizer = torch.optim.AdamW(probe.parameters(), lr=config.probe_lr)
-    augment_rng = torch.Generator(device=device).manual_seed(config.seed)
+    augment_rng = torch.Generator(device=device).manual_seed(config.seed + 1_000_003 * rank)
     projector_rng = getattr(model.projector, "generator", None)
 
     probe_images = source.probe_batch(min(n, 1024), config.seed + 1)
-    key = run_key(config, source.fingerprint())
+    key = run_key(config, source.fingerprint(), world)
 
     steps_per_epoch = source.steps_per_epoch()
     total_steps = steps_per_epoch * config.epochs
@@ -287,17 +386,18 @@ def pretrain(
         optimizer.load_state_dict(state["optimizer"])
         probe_optimizer.load_state_dict(state["probe_optimizer"])
         source.set_state(state["source"])
-        augment_rng.set_state(state["augment_rng"])
+        augment_rng.set_state(state["augment_rng"][rank])
         if projector_rng is not None:
             projector_rng.set_state(state["projector_rng"])
         rows, spectra, start_epoch = state["history"], state["spectra"], state["epoch"]
-        logger.info(
+        _log(
+            rank,
             "pretraining: resuming %s from its checkpoint after epoch %d of %d",
             key, start_epoch, config.epochs,
         )  # fmt: skip
 
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
-    progress = _Progress(total_steps, start_epoch * steps_per_epoch)
+    progress = _Progress(total_steps, start_epoch * steps_per_epoch, enabled=rank == 0)
     step = start_epoch * steps_per_epoch
     model.train()
     try:
@@ -308,7 +408,7 @@ def pretrain(
             labelled = torch.zeros((), device=device)
             first_bad = torch.full((), -1, device=device, dtype=torch.long)
             lrs: dict[int, float] = {}
-            for b, (batch, batch_labels) in enumerate(source.epoch(epoch)):
+            for b, (batch, batch_labels) in enumerate(source.epoch(epoch, rank, world)):
                 lr = lrs[step] = learning_rate(step, total_steps, warmup_steps, base_lr)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
@@ -317,14 +417,17 @@ def pretrain(
                     augment(batch, config.augmentation.view2, augment_rng),
                 ]).contiguous(memory_format=memory_format)  # fmt: skip
                 with autocast:
-                    r, z = model(views)
+                    r, z = train_model(views)
                 z1, z2 = z.chunk(2)
-                loss = info_nce(z1, z2, config.temperature)
+                # Negatives from the whole global batch; this process's anchors only.
+                z1, z2 = gather_with_grad(z1), gather_with_grad(z2)
+                anchors = (rank * share, (rank + 1) * share)
+                loss = info_nce(z1, z2, config.temperature, anchors)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
 
-                logits = probe(r.detach().float()[: len(batch)])
+                logits = train_probe(r.detach().float()[: len(batch)])
                 probe_loss = F.cross_entropy(logits, batch_labels, ignore_index=-1)
                 probe_optimizer.zero_grad(set_to_none=True)
                 probe_loss.backward()
@@ -340,8 +443,9 @@ def pretrain(
                     (first_bad < 0) & ~torch.isfinite(loss.detach()), step - 1, first_bad
                 )
                 if step % config.progress_every == 0 or b == steps_per_epoch - 1:
-                    bad = int(first_bad)
-                    if bad >= 0:
+                    flagged = [b for b in all_gather_objects(int(first_bad)) if b >= 0]
+                    if flagged:
+                        bad = min(flagged)
                         raise FloatingPointError(
                             f"the loss became non-finite at step {bad} (epoch {epoch + 1}, lr "
                             f"{lrs[bad]:.3g}); the last checkpoint is kept. Lower lr, raise "
@@ -349,8 +453,9 @@ def pretrain(
                         )
                     seconds = time.perf_counter() - start
                     progress.update(step, loss.item(), (b + 1) * config.batch_size / seconds)
+            loss_sum, correct, labelled = (all_sum(t) for t in (loss_sum, correct, labelled))
             seconds = time.perf_counter() - start
-            mean_loss = float(loss_sum) / steps_per_epoch
+            mean_loss = float(loss_sum) / (steps_per_epoch * world)
             row = {
                 "epoch": epoch + 1,
                 "step": step,
@@ -371,16 +476,20 @@ def pretrain(
                     record | {"r": torch.from_numpy(lam_r), "z": torch.from_numpy(lam_z)}
                 )
             rows.append(row)
-            logger.info(
+            _log(
+                rank,
                 "epoch %d/%d  loss %.4f  lr %.2e  online probe %.3f  %.0f img/s  "
                 "erank r %.1f z %.1f",
                 row["epoch"], config.epochs, row["loss"], row["lr"],
                 row["online_probe_accuracy"], row["images_per_s"], row["effective_rank_r"],
                 row["effective_rank_z"],
             )  # fmt: skip
-            if checkpoints is not None and (
+            checkpoint_now = checkpoints is not None and (
                 (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs
-            ):
+            )
+            if checkpoint_now:
+                augment_states = all_gather_objects(augment_rng.get_state())
+            if checkpoint_now and rank == 0:
                 checkpoints.save(key, {
                     "key": key,
                     "epoch": epoch + 1,
@@ -389,11 +498,13 @@ def pretrain(
                     "optimizer": optimizer.state_dict(),
                     "probe_optimizer": probe_optimizer.state_dict(),
                     "source": source.state(),
-                    "augment_rng": augment_rng.get_state(),
+                    "augment_rng": augment_states,
                     "projector_rng": projector_rng.get_state() if projector_rng else None,
                     "history": rows,
                     "spectra": spectra,
                 })  # fmt: skip
+            if checkpoint_now:
+                barrier()  # every process resumes from the same, complete checkpoint
     finally:
         progress.close()
     model.eval()

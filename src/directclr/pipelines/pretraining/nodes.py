@@ -8,7 +8,7 @@ import pandas as pd
 from directclr.batches import training_batches
 from directclr.checkpoints import CheckpointStore
 from directclr.plots import training_history_figure
-from directclr.training import model_artifact, pretrain, resolve_device, run_config
+from directclr.training import model_artifact, pretrain, run_config
 
 logger = logging.getLogger(__name__)
 
@@ -25,9 +25,7 @@ def pretrain_model(
     the history. Checkpoints go to the ``checkpoints`` store while training runs.
     """
     params = run_config(recipe, run)
-    source = training_batches(
-        dataset, params.batch_size, params.seed, resolve_device(params.device), params.num_workers
-    )
+    source = training_batches(dataset, params.batch_size, params.seed, params.num_workers)
     model, history, spectra = pretrain(
         source,
         None,
