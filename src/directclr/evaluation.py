@@ -11,6 +11,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import confusion_matrix
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
 
 @dataclass
@@ -37,11 +38,9 @@ def _flat(x) -> np.ndarray:
     return x.reshape(len(x), -1).astype(np.float64, copy=False)
 
 
-def _fit(x: np.ndarray, y: np.ndarray, C: float, max_iter: int, tol: float):
-    scaler = StandardScaler().fit(x)
-    model = LogisticRegression(C=C, max_iter=max_iter, tol=tol)
-    model.fit(scaler.transform(x), y)
-    return scaler, model
+# Below this many feature values a BLAS call is too short to share between threads: the
+# threads' hand-offs cost more than the work (seen: 40x slower on a loaded 2-core machine).
+SINGLE_THREAD_BELOW = 1 << 24
 
 
 def linear_probe(
@@ -58,28 +57,49 @@ def linear_probe(
     """StandardScaler + multinomial LogisticRegression on frozen features.
 
     C is chosen from ``C_grid`` by top-1 on a stratified validation split of train (the
-    first largest wins), then the probe is refit on all of train and scored on test:
-    top-1, top-5 (when there are more than 10 classes) and the confusion matrix.
+    smallest C among the best wins), then the probe is refit on all of train and scored on
+    test: top-1, top-5 (when there are more than 10 classes) and the confusion matrix.
+    The grid is walked from strong to weak regularisation, each fit starting from the
+    previous solution (warm start), and the refit starts from the chosen one: the same
+    optima, reached in far fewer L-BFGS iterations.
     """
     train_x, test_x = _flat(train_x), _flat(test_x)
-    train_y, test_y = np.asarray(train_y), np.asarray(test_y)
+    threads = 1 if train_x.size < SINGLE_THREAD_BELOW else None
+    with threadpool_limits(threads, user_api="blas"):
+        return _linear_probe(
+            train_x, np.asarray(train_y), test_x, np.asarray(test_y), sorted(C_grid),
+            validation_fraction, max_iter, tol, seed,
+        )  # fmt: skip
+
+
+def _linear_probe(train_x, train_y, test_x, test_y, grid, validation_fraction, max_iter, tol,
+                  seed) -> ProbeResult:  # fmt: skip
     scores: dict[str, float] = {}
-    if len(C_grid) > 1:
+    model = LogisticRegression(max_iter=max_iter, tol=tol, warm_start=True)
+    start = None
+    if len(grid) > 1:
         fit_idx, val_idx = train_test_split(
             np.arange(len(train_y)),
             test_size=validation_fraction,
             random_state=seed,
             stratify=train_y,
         )
-        for C in C_grid:
-            scaler, model = _fit(train_x[fit_idx], train_y[fit_idx], C, max_iter, tol)
-            scores[str(C)] = float(
-                model.score(scaler.transform(train_x[val_idx]), train_y[val_idx])
-            )
-        best_C = max(C_grid, key=lambda c: scores[str(c)])
+        scaler = StandardScaler().fit(train_x[fit_idx])
+        fit_z, val_z = scaler.transform(train_x[fit_idx]), scaler.transform(train_x[val_idx])
+        solutions = {}
+        for C in grid:
+            model.set_params(C=C).fit(fit_z, train_y[fit_idx])
+            scores[str(C)] = float(model.score(val_z, train_y[val_idx]))
+            solutions[C] = (model.coef_.copy(), model.intercept_.copy())
+        best_C = max(grid, key=lambda c: (scores[str(c)], -c))
+        start = solutions[best_C]
     else:
-        best_C = C_grid[0]
-    scaler, model = _fit(train_x, train_y, best_C, max_iter, tol)
+        best_C = grid[0]
+    scaler = StandardScaler().fit(train_x)
+    model = LogisticRegression(C=best_C, max_iter=max_iter, tol=tol, warm_start=True)
+    if start is not None and set(np.unique(train_y)) == set(np.unique(train_y[fit_idx])):
+        model.coef_, model.intercept_ = start
+    model.fit(scaler.transform(train_x), train_y)
     test_z = scaler.transform(test_x)
     predictions = model.predict(test_z)
     top5 = None
