@@ -42,7 +42,16 @@ class BatchSource(Protocol):
     def set_state(self, state: dict[str, Any]) -> None: ...
 
 
-class TensorBatches:
+class _Batches:
+    num_images: int
+    batch_size: int
+
+    def steps_per_epoch(self) -> int:
+        """Full global batches per epoch (the remainder of the epoch is dropped)."""
+        return self.num_images // self.batch_size
+
+
+class TensorBatches(_Batches):
     """Batches drawn from uint8 images held whole on the training device.
 
     Each epoch is a fresh permutation from a seeded generator whose state is part of a
@@ -81,9 +90,6 @@ class TensorBatches:
         self.images, self.labels = self._cpu_images.to(device), self._cpu_labels.to(device)
         return self
 
-    def steps_per_epoch(self) -> int:
-        return self.num_images // self.batch_size
-
     def epoch(
         self, index: int, rank: int = 0, world: int = 1
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -111,7 +117,7 @@ class TensorBatches:
         self.rng.set_state(state["order_rng"])
 
 
-class FolderBatches:
+class FolderBatches(_Batches):
     """Batches of an image-folder manifest, decoded and resized in DataLoader workers.
 
     Never holds the folder in memory. Epoch ``e`` is shuffled with seed ``seed + e``, so
@@ -145,9 +151,6 @@ class FolderBatches:
     def to(self, device: torch.device | str) -> FolderBatches:
         self.device = torch.device(device)
         return self
-
-    def steps_per_epoch(self) -> int:
-        return self.num_images // self.batch_size
 
     def epoch(
         self, index: int, rank: int = 0, world: int = 1

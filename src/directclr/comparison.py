@@ -6,6 +6,8 @@ import math
 
 import pandas as pd
 
+from directclr.models import LOW_RANK_METHODS
+
 # Linear-probe top-1 (%) from Jing et al. (ICLR 2022): ResNet-50, ImageNet, 100 epochs.
 # Table 1 and Table 2; random_subset is the Appendix F control.
 PAPER_TOP1 = {
@@ -19,7 +21,6 @@ PAPER_TOP1 = {
     "random_subset": 43.0,
 }
 PAPER_COLUMN = "paper top-1 % (ImageNet, ResNet-50)"
-LOW_RANK_METHODS = ("directclr", "fixed_low_rank", "random_subset")
 
 
 def comparison_row(

@@ -6,11 +6,13 @@ representation r to the embedding z the InfoNCE loss sees.
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 import torchvision
 from torch import nn
 
-METHODS = (
+Method = Literal[
     "simclr",
     "simclr_linear",
     "no_projector",
@@ -19,8 +21,12 @@ METHODS = (
     "fixed_low_rank",
     "directclr",
     "random_subset",
-)
-BACKBONES = ("small_cnn", "resnet18", "resnet50")
+]
+METHODS: tuple[str, ...] = get_args(Method)
+# Methods whose embedding is d0-dimensional, so d0 must fit in the representation.
+LOW_RANK_METHODS = ("directclr", "fixed_low_rank", "random_subset")
+Backbone = Literal["small_cnn", "resnet18", "resnet50"]
+BACKBONES: tuple[str, ...] = get_args(Backbone)
 
 
 def norm_layer(kind: str, channels: int) -> nn.Module:

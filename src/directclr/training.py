@@ -45,7 +45,10 @@ from directclr.distributed import (
 )
 from directclr.losses import info_nce
 from directclr.models import (
+    LOW_RANK_METHODS,
+    Backbone,
     ContrastiveModel,
+    Method,
     build_backbone,
     build_projector,
     representation_dim,
@@ -54,17 +57,6 @@ from directclr.optim import build_optimizer, learning_rate, scaled_lr
 
 logger = logging.getLogger(__name__)
 
-Method = Literal[
-    "simclr",
-    "simclr_linear",
-    "no_projector",
-    "orthogonal",
-    "diagonal",
-    "fixed_low_rank",
-    "directclr",
-    "random_subset",
-]
-LOW_RANK_METHODS = ("directclr", "fixed_low_rank", "random_subset")
 # Settings that change how a run is executed, not what it computes: a checkpoint made under
 # other values of these still resumes.
 EXECUTION_SETTINGS = {
@@ -79,7 +71,7 @@ class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     method: Method = "directclr"
-    backbone: Literal["small_cnn", "resnet18", "resnet50"] = "small_cnn"
+    backbone: Backbone = "small_cnn"
     width: int = Field(64, ge=1, description="channels of small_cnn's first block (r: 8*width)")
     zero_init_residual: bool = Field(False, description="ResNets: last BN of each block at 0")
     norm: Literal["batch", "group"] = Field(
