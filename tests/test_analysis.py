@@ -1,11 +1,16 @@
 import numpy as np
 import pytest
+import torch
 
 from directclr.analysis import (
     collapsed_dimensions,
     covariance_spectrum,
     effective_rank,
+    embedding_spectrum,
     log_spectrum,
+    power_law_fit,
+    spectrum_metrics,
+    variance_share,
 )
 
 
@@ -54,3 +59,120 @@ def test_spectrum_rejects_a_single_row():
 
 def test_log_spectrum_floors_zeros():
     np.testing.assert_allclose(log_spectrum(np.array([100.0, 0.0]), floor=1e-10), [2.0, -10.0])
+
+
+def _rows_on_k_axes(d: int, k: int, repeats: int = 25, seed: int = 0) -> np.ndarray:
+    """Rows +-e_1 .. +-e_k of R^d, rotated at random: unit norm, mean zero, and a centred
+    normalised matrix with k equal non-zero singular values."""
+    axes = np.eye(d)[:k]
+    rows = np.tile(np.concatenate([axes, -axes]), (repeats, 1))
+    rotation, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((d, d)))
+    return rows @ rotation
+
+
+@pytest.mark.parametrize("k", [1, 4, 9])
+def test_k_equal_singular_values_give_k_live_dimensions_and_effective_rank_k(k):
+    x = _rows_on_k_axes(d=12, k=k)
+    spectrum = embedding_spectrum(x)
+    metrics = spectrum_metrics(spectrum, gap_decades=4, top_k=k)
+    assert metrics["dimensions"] == 12 and metrics["samples"] == len(x)
+    assert metrics["max_rank"] == 12
+    assert metrics["collapsed_dimensions"] == 12 - k
+    assert metrics["effective_rank"] == pytest.approx(k, rel=1e-5)
+    assert metrics["rankme"] == pytest.approx(k, rel=1e-5)  # the mean is zero: same matrix
+    assert metrics["variance_share_top_k"] == pytest.approx(1.0, abs=1e-6)
+    np.testing.assert_allclose(spectrum.eigenvalues[:k], 1 / k, rtol=1e-5)
+    np.testing.assert_allclose(spectrum.singular_values[:k], np.sqrt(len(x) / k), rtol=1e-5)
+    # In float32 the dead directions keep a rounding floor (eigenvalues ~1e-8, singular
+    # values ~1e-4 of the live ones): still collapsed, and the rank moves by well under 1%.
+    single = spectrum_metrics(embedding_spectrum(x.astype(np.float32)), gap_decades=4)
+    assert single["collapsed_dimensions"] == 12 - k
+    assert single["effective_rank"] == pytest.approx(k, rel=0.01)
+
+
+@pytest.mark.parametrize("alpha", [0.5, 1.0, 2.3])
+def test_exact_power_law_is_fitted_within_one_percent(alpha):
+    lam = np.arange(1, 201, dtype=float) ** -alpha
+    fitted, r2 = power_law_fit(lam, first=2, last=150)
+    assert fitted == pytest.approx(alpha, rel=0.01)
+    assert r2 == pytest.approx(1.0, abs=1e-9)
+    # A tail that collapsed to zero is left out of the fit, not taken as log(0).
+    lam[100:] = 0.0
+    assert power_law_fit(lam)[0] == pytest.approx(alpha, rel=0.01)
+
+
+def test_power_law_fit_of_too_few_ranks_is_undefined():
+    assert all(np.isnan(power_law_fit(np.array([1.0, 0.0, 0.0]))))
+    metrics = spectrum_metrics(embedding_spectrum(_rows_on_k_axes(d=6, k=1)))
+    assert metrics["power_law_alpha"] is None and metrics["power_law_r2"] is None
+
+
+def test_power_law_range_stops_at_the_last_live_rank_unless_given():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2000, 10)) * np.arange(1, 11) ** -1.0
+    x[:, 8:] = 0.0  # two dead dimensions
+    spectrum = embedding_spectrum(x)
+    assert spectrum_metrics(spectrum)["power_law_ranks"] == [1, 8]
+    assert spectrum_metrics(spectrum, power_law_range=(2, 5))["power_law_ranks"] == [2, 5]
+    assert spectrum_metrics(spectrum, power_law_range=(1, 50))["power_law_ranks"] == [1, 10]
+
+
+def test_fewer_vectors_than_dimensions_cap_the_rank():
+    x = np.random.default_rng(5).standard_normal((6, 20))
+    metrics = spectrum_metrics(embedding_spectrum(x))
+    assert metrics["max_rank"] == 5
+    assert metrics["collapsed_dimensions"] == 20 - 5
+
+
+def test_variance_share_of_top_k():
+    lam = np.array([4.0, 3.0, 2.0, 1.0])
+    assert variance_share(lam, 1) == pytest.approx(0.4)
+    assert variance_share(lam, 3) == pytest.approx(0.9)
+    assert variance_share(lam, 10) == pytest.approx(1.0)
+
+
+def test_both_spectra_match_the_svd_of_the_normalised_matrix():
+    rng = np.random.default_rng(2)
+    x = np.abs(rng.standard_normal((300, 7))) * np.array([4, 3, 2, 1, 1, 0.5, 0.1])
+    u = x / np.linalg.norm(x, axis=1, keepdims=True)
+    spectrum = embedding_spectrum(x, chunk_rows=64)
+    centred = np.linalg.svd(u - u.mean(axis=0), compute_uv=False)
+    uncentred = np.linalg.svd(u, compute_uv=False)
+    np.testing.assert_allclose(spectrum.singular_values, centred, rtol=1e-9)
+    np.testing.assert_allclose(spectrum.uncentred_singular_values, uncentred, rtol=1e-9)
+    assert spectrum_metrics(spectrum)["rankme"] == pytest.approx(effective_rank(uncentred**2))
+    table = spectrum.table()
+    assert list(table.columns) == ["index", "eigenvalue", "log10_eigenvalue", "singular_value",
+                                   "uncentred_eigenvalue"]  # fmt: skip
+    assert table["index"].tolist() == list(range(1, 8))
+
+
+def test_float32_chunks_agree_with_float64_for_vectors_with_a_large_mean():
+    # ReLU-like vectors share a large mean direction: centring by subtraction after the
+    # Gram product would cancel most float32 digits; the shifted accumulation keeps them.
+    rng = np.random.default_rng(4)
+    x = np.maximum(rng.standard_normal((5000, 64)) * np.arange(1, 65) ** -0.5, 0) + 0.3
+    reference = covariance_spectrum(x)
+    x32 = torch.tensor(x, dtype=torch.float32)
+    before = x32.clone()
+    spectrum = embedding_spectrum(x32, chunk_rows=700)
+    np.testing.assert_allclose(spectrum.eigenvalues, reference, atol=1e-6 * reference[0])
+    torch.testing.assert_close(x32, before)  # the input is not normalised in place
+    # Non-contiguous views (a slice of columns, a transpose) give the same spectrum.
+    wide = torch.cat([x32, torch.zeros(5000, 3)], dim=1)[:, :64]
+    np.testing.assert_allclose(embedding_spectrum(wide).eigenvalues, spectrum.eigenvalues,
+                               atol=1e-7 * reference[0])  # fmt: skip
+    transposed = x32.T.contiguous().T
+    np.testing.assert_allclose(embedding_spectrum(transposed).eigenvalues, spectrum.eigenvalues,
+                               atol=1e-7 * reference[0])  # fmt: skip
+
+
+def test_the_accelerator_path_accumulates_the_same_gram_matrix():
+    # No GPU here: run the torch path (used for CUDA tensors) on CPU against the BLAS path.
+    from directclr import analysis
+
+    x = np.abs(np.random.default_rng(6).standard_normal((900, 24))).astype(np.float32)
+    by_blas = analysis._gram_numpy(x, rows=128)
+    by_torch = analysis._gram_torch(torch.from_numpy(x), rows=128)
+    for a, b in zip(by_blas, by_torch, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)

@@ -3,7 +3,8 @@
 Convention (the paper's): for vectors x_i, L2-normalise each row, centre, and take the
 eigenvalues of C = 1/N sum (x - mean)(x - mean)^T, sorted in decreasing order. These are the
 squared singular values of the centred, normalised matrix divided by N. Cost: one d x d
-Gram product and one d x d eigendecomposition; nothing quadratic in N.
+Gram product and two d x d eigendecompositions (centred and un-centred); nothing quadratic
+in N.
 """
 
 from __future__ import annotations
@@ -84,8 +85,10 @@ def embedding_spectrum(x: torch.Tensor | np.ndarray, chunk_rows: int | None = No
     on_cpu = not (isinstance(x, torch.Tensor) and x.device.type != "cpu")
     if isinstance(x, torch.Tensor):
         x = x.detach()
-        if on_cpu:
-            x = x.numpy()
+        if on_cpu and x.dtype not in (torch.float32, torch.float64):
+            x = x.float()  # numpy has no bfloat16
+    if on_cpu:
+        x = np.asarray(x)
     if x.ndim != 2 or x.shape[0] < 2:
         raise ValueError(f"need a 2-d matrix with at least 2 rows, got shape {tuple(x.shape)}")
     n, d = x.shape
@@ -136,7 +139,8 @@ def _eigenvalues(symmetric: np.ndarray) -> np.ndarray:
     """Eigenvalues of a symmetric float64 matrix, descending, clamped at zero.
 
     LAPACK's divide and conquer on one BLAS thread: the reduction to tridiagonal form is
-    memory-bound, and a second thread mostly fights torch's thread pool for the cores.
+    memory-bound, and a second BLAS thread mostly fights torch's thread pool for the cores
+    (measured: 0.6 s on one thread against 1.2-2.0 s on two for d = 2048).
     """
     with threadpool_limits(limits=1, user_api="blas"):
         lam = scipy.linalg.eigh(
@@ -221,7 +225,9 @@ def spectrum_metrics(
     ``gap_decades`` decades below the largest; ``power_law_alpha`` and ``power_law_r2`` fit
     lambda_i ~ i^-alpha over ``power_law_range`` (1-based ranks; an open end stops at the
     last non-collapsed rank); ``variance_share_top_k`` is the variance in the top ``top_k``.
-    A fit with fewer than two usable ranks gives ``None`` (JSON has no NaN).
+    ``max_rank`` = min(N - 1, d): N centred vectors span at most N - 1 dimensions, so with
+    fewer vectors than dimensions d - max_rank of the collapsed ones say nothing about the
+    model. A fit with fewer than two usable ranks gives ``None`` (JSON has no NaN).
     """
     lam = spectrum.eigenvalues
     collapsed = collapsed_dimensions(lam, gap_decades)
@@ -231,6 +237,7 @@ def spectrum_metrics(
     return {
         "dimensions": int(lam.size),
         "samples": spectrum.n_samples,
+        "max_rank": min(spectrum.n_samples - 1, int(lam.size)),
         "effective_rank": effective_rank(lam),
         "rankme": effective_rank(spectrum.uncentred_eigenvalues),
         "collapsed_dimensions": collapsed,

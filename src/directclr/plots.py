@@ -14,8 +14,14 @@ import seaborn as sns  # noqa: E402
 from directclr.analysis import log_spectrum  # noqa: E402
 
 
-def spectrum_figure(spectra: dict[str, np.ndarray], title: str) -> plt.Figure:
-    """Log10 covariance eigenvalues against their rank, one line per named spectrum."""
+def spectrum_figure(
+    spectra: dict[str, np.ndarray], title: str, rank_limit: int | None = None
+) -> plt.Figure:
+    """Log10 covariance eigenvalues against their rank, one line per named spectrum.
+
+    ``rank_limit`` (N - 1 for N vectors) draws where the rank of any N centred vectors
+    ends: eigenvalues past it are zero (or rounding) whatever the model.
+    """
     frame = pd.concat(
         pd.DataFrame(
             {
@@ -31,6 +37,10 @@ def spectrum_figure(spectra: dict[str, np.ndarray], title: str) -> plt.Figure:
     sns.lineplot(
         data=frame, x="singular value rank index", y="log10 eigenvalue", hue="vectors", ax=ax
     )
+    if rank_limit is not None:
+        ax.axvline(rank_limit, color="0.5", linestyle=":", linewidth=1)
+        ax.text(rank_limit, 0.98, " N - 1", transform=ax.get_xaxis_transform(), va="top",
+                fontsize=7, color="0.4")  # fmt: skip
     ax.set_title(title)
     ax.text(
         0.01,
@@ -111,8 +121,15 @@ def spectrum_history_figure(
     ``history`` is long: one row per (``panel`` value, ``time``, ``index``) with its
     ``eigenvalue`` (covariance of L2-normalised vectors on a fixed probe batch). One panel
     per value of ``panel`` (r and z for pretraining, noise levels or depths for the toys),
-    all on one colour scale.
+    all on one colour scale. An empty history gives a figure that says so.
     """
+    if history.empty:
+        fig, ax = plt.subplots(figsize=(5, 2), dpi=120)
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no spectra were recorded during training", ha="center")
+        ax.set_title(title)
+        plt.close(fig)
+        return fig
     frame = history.assign(log10=log_spectrum(history["eigenvalue"].to_numpy(), floor=1e-20))
     panels = list(dict.fromkeys(frame[panel]))
     vmax = frame["log10"].max()
@@ -132,6 +149,7 @@ def spectrum_history_figure(
         ax.set_title(f"{panel} {value}")
         ax.set_xlabel(time)
         ax.set_ylabel("singular value rank index")
+        ax.tick_params(axis="y", labelrotation=0)
     fig.suptitle(title)
     fig.text(
         0.01,

@@ -77,7 +77,12 @@ def compute_spectrum(
     columns = ["vectors", "split", "index", "eigenvalue", "log10_eigenvalue", "singular_value",
                "uncentred_eigenvalue"]  # fmt: skip
     table = pd.concat(tables, ignore_index=True)[columns]
-    figure = spectrum_figure(test_spectra, f"{config.get('method')}: embedding spectrum (test)")
+    n_test = len(embeddings["test_r"])
+    figure = spectrum_figure(
+        test_spectra,
+        f"{config.get('method')}: embedding spectrum (test)",
+        rank_limit=n_test - 1 if n_test <= metrics["r_test"]["dimensions"] else None,
+    )
     history_figure = spectrum_history_figure(
         spectrum_history, "spectrum over training (fixed probe batch)", time="epoch"
     )

@@ -25,6 +25,7 @@ def run_depth_sweep(
         "collapsed_rows_aligned_on_diagonal": "of the rows of |V2^T U1| for the collapsed "
         "directions (the smallest singular values), how many have their largest entry on "
         "the diagonal",
+        "collapsed_rows_aligned_within_collapsed": "... how many have it in a collapsed column",
     }
     for run in metrics["runs"]:
         logger.info(

@@ -1,0 +1,140 @@
+"""The spectrum stage's node and figures, on embeddings with a known structure."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from matplotlib.collections import QuadMesh
+from pydantic import ValidationError
+
+from directclr.pipelines.spectrum.nodes import SpectrumConfig, compute_spectrum
+from directclr.plots import alignment_figure, collapsed_vs_d0_figure, spectrum_history_figure
+
+D0, DIM, TAIL_RANK = 8, 32, 3
+
+
+def _embeddings(seed: int = 0) -> dict:
+    """directclr-shaped embeddings: r is 32-d, z = r[:, :8] is full rank, and r[:, 8:] lives
+    in a 3-d subspace, so 21 of its 24 dimensions are collapsed."""
+    generator = torch.Generator().manual_seed(seed)
+    out = {}
+    for split, n in (("train", 300), ("test", 200)):
+        head = torch.randn(n, D0, generator=generator)
+        tail = torch.randn(n, TAIL_RANK, generator=generator) @ torch.randn(
+            TAIL_RANK, DIM - D0, generator=generator
+        )
+        r = torch.cat([head, tail], dim=1)
+        out[f"{split}_r"], out[f"{split}_z"] = r, r[:, :D0].clone()
+        out[f"{split}_labels"] = torch.zeros(n, dtype=torch.long)
+    return out
+
+
+def _history() -> pd.DataFrame:
+    """What pretraining records: eigenvalues of r and z on a probe batch every few epochs."""
+    rows = [
+        {"epoch": epoch, "step": 10 * epoch, "vectors": vectors, "index": i,
+         "eigenvalue": float(i ** -(1 + epoch / 4))}
+        for epoch in (2, 4, 6)
+        for vectors, dims in (("r", DIM), ("z", D0))
+        for i in range(1, dims + 1)
+    ]  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def _model(method: str) -> dict:
+    return {"config": {"method": method, "d0": D0}, "state_dict": {}}
+
+
+def test_directclr_spectra_show_that_the_rest_of_the_representation_collapses():
+    table, metrics, figure, history_figure = compute_spectrum(
+        _embeddings(), _model("directclr"), _history(), SpectrumConfig()
+    )
+    assert set(table["vectors"]) == {"r", "z", "r[:d0]", "r[d0:]"}
+    assert set(table["split"]) == {"train", "test"}
+    assert list(table.columns) == ["vectors", "split", "index", "eigenvalue", "log10_eigenvalue",
+                                   "singular_value", "uncentred_eigenvalue"]  # fmt: skip
+    for split in ("train", "test"):
+        tail = metrics[f"r[d0:]_{split}"]
+        assert tail["dimensions"] == DIM - D0
+        assert tail["collapsed_dimensions"] == DIM - D0 - TAIL_RANK
+        assert metrics[f"r[:d0]_{split}"]["collapsed_dimensions"] == 0
+        assert metrics[f"z_{split}"] == metrics[f"r[:d0]_{split}"]  # z is r[:, :d0]
+        assert metrics[f"r_{split}"]["collapsed_dimensions"] == DIM - D0 - TAIL_RANK
+        assert 1 < metrics[f"r_{split}"]["effective_rank"] < D0 + TAIL_RANK
+    assert metrics["method"] == "directclr" and metrics["d0"] == D0
+    assert "L2-normalised" in metrics["convention"] and "RankMe" in metrics["convention"]
+
+    test_r = table[(table["vectors"] == "r") & (table["split"] == "test")]
+    n_test = len(_embeddings()["test_r"])
+    np.testing.assert_allclose(test_r["singular_value"], np.sqrt(n_test * test_r["eigenvalue"]))
+
+    lines = figure.axes[0].get_legend_handles_labels()[1]
+    assert lines == ["r (32-d)", "z (8-d)", "r[:d0] (8-d)", "r[d0:] (24-d)"]
+    assert not any(text.get_text() == " N - 1" for text in figure.axes[0].texts)
+    titles = [ax.get_title() for ax in history_figure.axes if ax.get_title()]
+    assert titles == ["vectors r", "vectors z"]
+
+
+def test_other_methods_get_r_and_z_only_and_the_configured_metrics():
+    params = SpectrumConfig(power_law_range=(2, 6), top_k=3)
+    embeddings = _embeddings()
+    embeddings["test_r"], embeddings["test_z"] = (
+        embeddings["test_r"][:20],
+        embeddings["test_z"][:20],
+    )
+    table, metrics, figure, _ = compute_spectrum(embeddings, _model("simclr"), _history(), params)
+    assert set(table["vectors"]) == {"r", "z"}
+    assert set(metrics) >= {"r_train", "z_train", "r_test", "z_test"}
+    assert not any(key.startswith("r[") for key in metrics)
+    assert metrics["r_test"]["power_law_ranks"] == [2, 6]
+    assert metrics["r_test"]["top_k"] == 3
+    assert metrics["power_law_range"] == [2, 6]
+    # 20 test vectors span at most 19 of r's 32 dimensions: the figure marks where.
+    assert metrics["r_test"]["max_rank"] == 19
+    assert any(text.get_text() == " N - 1" for text in figure.axes[0].texts)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"power_law_range": [5, 2]}, {"power_law_range": [0, None]}, {"top_k": 0},
+     {"gap_decades": -1}, {"gap": 4}],
+)  # fmt: skip
+def test_bad_spectrum_parameters_are_rejected(bad):
+    with pytest.raises(ValidationError):
+        SpectrumConfig.model_validate(bad)
+
+
+def test_spectrum_history_heatmap_has_one_panel_per_vectors_with_index_by_epoch():
+    history = _history()
+    figure = spectrum_history_figure(history, "spectrum over training", time="epoch")
+    panels = [ax for ax in figure.axes if ax.get_title()]
+    assert [ax.get_title() for ax in panels] == ["vectors r", "vectors z"]
+    assert panels[0].get_xlabel() == "epoch"
+    mesh = next(c for c in panels[1].collections if isinstance(c, QuadMesh))
+    grid = np.asarray(mesh.get_array()).reshape(D0, 3)  # rows: index 1..8, columns: epochs
+    expected = np.log10(np.arange(1, D0 + 1)[:, None] ** -(1 + np.array([2, 4, 6]) / 4))
+    np.testing.assert_allclose(grid, expected)
+
+
+def test_an_empty_spectrum_history_still_gives_a_figure():
+    empty = pd.DataFrame(columns=["epoch", "step", "vectors", "index", "eigenvalue"])
+    figure = spectrum_history_figure(empty, "spectrum over training")
+    assert "no spectra" in figure.axes[0].texts[0].get_text()
+
+
+def test_collapsed_against_d0_and_alignment_figures():
+    runs = pd.DataFrame(
+        {"d0": [64, 16, 32] * 2, "vectors": ["r"] * 3 + ["z"] * 3,
+         "collapsed_dimensions": [100, 40, 70, 0, 1, 2]}
+    )  # fmt: skip
+    figure = collapsed_vs_d0_figure(runs, "collapse against d0")
+    ax = figure.axes[0]
+    assert ax.get_xlabel() == "d0" and ax.get_ylabel() == "collapsed dimensions"
+    np.testing.assert_array_equal(ax.lines[0].get_xdata(), [16, 32, 64])
+    np.testing.assert_array_equal(ax.lines[0].get_ydata(), [40, 70, 100])
+
+    figure = alignment_figure({"2 layers": np.eye(4), "3 layers": np.ones((4, 4)) / 2}, "align")
+    titled = [ax for ax in figure.axes if ax.get_title()]
+    assert [ax.get_title() for ax in titled] == ["2 layers", "3 layers"]
+    mesh = next(c for c in titled[0].collections if isinstance(c, QuadMesh))
+    np.testing.assert_array_equal(np.asarray(mesh.get_array()).reshape(4, 4), np.eye(4))

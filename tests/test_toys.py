@@ -1,0 +1,164 @@
+"""The two toy mechanisms of collapse: the theory's X, the behaviour the paper describes with
+fixed seeds, and both toy pipelines through a Kedro session on a copy of the project."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from kedro.framework.session import KedroSession
+from kedro.framework.startup import bootstrap_project
+from pydantic import ValidationError
+
+from directclr.toys import (
+    ImplicitRegularizationConfig,
+    StrongAugmentationConfig,
+    alignment_matrix,
+    depth_sweep,
+    noise_sweep,
+    theory_matrix,
+)
+from tests.conftest import REPO
+
+
+def test_theory_matrix_is_the_papers_sum_over_pairs():
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(3, 3, generator=generator)
+    x, x_prime = torch.randn(5, 3, generator=generator), torch.randn(5, 3, generator=generator)
+    tau = 0.5
+    x64, x_prime64, w = x.double(), x_prime.double(), weight.double()
+    z = torch.nn.functional.normalize(x64 @ w.T, dim=1)
+    z_prime = torch.nn.functional.normalize(x_prime64 @ w.T, dim=1)
+    kernel = torch.exp(-(torch.cdist(z, z_prime) ** 2) / (2 * tau))
+    alpha = kernel / kernel.sum(dim=1, keepdim=True)
+    expected = torch.zeros(3, 3, dtype=torch.float64)
+    for i in range(5):
+        for j in range(5):
+            if j != i:
+                d = x_prime64[j] - x64[i]
+                expected += alpha[i, j] * torch.outer(d, d)
+        d = x_prime64[i] - x64[i]
+        expected -= (1 - alpha[i, i]) * torch.outer(d, d)
+    np.testing.assert_allclose(theory_matrix(weight, x, x_prime, tau), expected / 5, rtol=1e-10)
+
+
+def test_strong_noise_collapses_the_noisy_half_and_weak_noise_collapses_nothing():
+    config = StrongAugmentationConfig(noise_levels=[0.01, 1.5], steps=600, record_every=300)
+    spectra, theory, summary = noise_sweep(config)
+    weak, strong = summary.set_index("noise").loc[0.01], summary.set_index("noise").loc[1.5]
+
+    final = spectra[spectra["step"] == 600]
+    lam = final[final["noise"] == 1.5]["eigenvalue"].to_numpy()
+    assert strong["observed_collapsed"] >= 1
+    assert lam[-1] <= 1e-4 * lam[0]  # at least one eigenvalue 10^4 below the largest
+    assert strong["noisy_to_clean_weight_ratio"] < 0.05  # W barely reads the noisy half
+    assert strong["predicted_collapsed"] >= 1  # X has negative eigenvalues at the start
+
+    lam = final[final["noise"] == 0.01]["eigenvalue"].to_numpy()
+    assert weak["observed_collapsed"] == 0 and lam[-1] > 1e-2 * lam[0]
+    assert weak["predicted_collapsed"] == 0
+    assert weak["noisy_to_clean_weight_ratio"] == pytest.approx(1.0, abs=0.1)
+
+    assert sorted(spectra["step"].unique()) == [0, 300, 600]
+    assert len(spectra) == len(theory) == 2 * 3 * config.dim
+
+
+def test_two_layers_collapse_along_aligned_directions_and_depth_adds_collapse():
+    spectra, singular_values, alignment, summary = depth_sweep(
+        ImplicitRegularizationConfig(record_every=1000)
+    )
+    by_depth = summary.set_index("layers")
+    two = by_depth.loc[2]
+    assert two["collapsed_at_init"] == 0
+    assert two["collapsed"] >= 2
+    # The rows of |V2^T U1| for the collapsed directions peak on the diagonal (seed 0).
+    assert two["collapsed_rows_aligned_on_diagonal"] == two["collapsed"]
+    assert two["collapsed_rows_aligned_within_collapsed"] == two["collapsed"]
+    assert by_depth.loc[1, "collapsed"] < two["collapsed"] < by_depth.loc[3, "collapsed"]
+
+    final = alignment[(alignment["layers"] == 2) & (alignment["step"] == 2000)]
+    matrix = final.pivot_table(index="row", columns="column", values="value").to_numpy()
+    collapsed = int(two["collapsed"])
+    rows = matrix[-collapsed:]
+    assert (rows.argmax(axis=1) == np.arange(16 - collapsed, 16)).all()
+    assert set(alignment["pair"]) == {"V2^T U1", "V3^T U2"}
+    assert set(singular_values[singular_values["layers"] == 3]["layer"]) == {1, 2, 3}
+
+
+def test_alignment_matrix_of_aligned_layers_is_the_identity():
+    generator = torch.Generator().manual_seed(1)
+    u1, _ = torch.linalg.qr(torch.randn(5, 5, generator=generator, dtype=torch.float64))
+    v1, _ = torch.linalg.qr(torch.randn(5, 5, generator=generator, dtype=torch.float64))
+    u2, _ = torch.linalg.qr(torch.randn(5, 5, generator=generator, dtype=torch.float64))
+    s = torch.diag(torch.tensor([5.0, 4, 3, 2, 1], dtype=torch.float64))
+    lower, upper = u1 @ s @ v1.T, u2 @ s @ u1.T  # the upper layer reads U1's directions
+    np.testing.assert_allclose(alignment_matrix(lower, upper), np.eye(5), atol=1e-10)
+
+
+@pytest.mark.parametrize(
+    ("model", "bad"),
+    [(StrongAugmentationConfig, {"noisy_dims": 16}),
+     (StrongAugmentationConfig, {"noise_levels": [-1.0]}),
+     (StrongAugmentationConfig, {"probe_size": 64, "batch_size": 128}),
+     (StrongAugmentationConfig, {"noise": 1.0}),
+     (ImplicitRegularizationConfig, {"layers": [2, 2]}),
+     (ImplicitRegularizationConfig, {"init_decay": 1.5})],
+)  # fmt: skip
+def test_bad_toy_parameters_are_rejected(model, bad):
+    with pytest.raises(ValidationError):
+        model.model_validate(bad)
+
+
+SMALL = {"steps": 40, "record_every": 20, "batch_size": 32, "probe_size": 64}
+ARTIFACTS = {
+    "toy_strong_augmentation": ["spectrum_history.csv", "theory_spectrum.csv", "summary.csv",
+                                "metrics.json", "spectrum_history.png", "final_spectrum.png"],
+    "toy_implicit_regularization": ["spectrum_history.csv", "singular_values.csv",
+                                    "alignment.csv", "summary.csv", "metrics.json",
+                                    "spectrum_history.png", "final_spectrum.png",
+                                    "alignment.png"],
+}  # fmt: skip
+
+
+def test_toy_pipelines_run_in_a_kedro_session_and_write_versioned_artifacts(project):
+    params = {
+        "toy_strong_augmentation": {**SMALL, "noise_levels": [0.01, 1.5]},
+        "toy_implicit_regularization": {**SMALL, "layers": [1, 2]},
+    }
+    bootstrap_project(project)
+    for name in ARTIFACTS:
+        with KedroSession.create(project_path=project, runtime_params=params) as session:
+            session.run(pipeline_names=[name])
+    for name, files in ARTIFACTS.items():
+        for file in files:
+            (version,) = (project / "data" / "08_reporting" / name / file).iterdir()
+            assert (version / file).stat().st_size > 0, f"{name}/{file}"
+
+    def latest(name: str, file: str) -> Path:
+        (version,) = (project / "data" / "08_reporting" / name / file).iterdir()
+        return version / file
+
+    summary = pd.read_csv(latest("toy_strong_augmentation", "summary.csv"))
+    assert summary["noise"].tolist() == [0.01, 1.5]
+    metrics = json.loads(latest("toy_strong_augmentation", "metrics.json").read_text())
+    assert [run["noise"] for run in metrics["runs"]] == [0.01, 1.5]
+    assert metrics["parameters"]["steps"] == 40
+    history = pd.read_csv(latest("toy_implicit_regularization", "spectrum_history.csv"))
+    assert sorted(history["step"].unique()) == [0, 20, 40]
+    assert set(history["layers"]) == {1, 2}
+    metrics = json.loads(latest("toy_implicit_regularization", "metrics.json").read_text())
+    assert metrics["runs"][0]["collapsed_rows_aligned_on_diagonal"] is None  # one layer
+
+
+def test_registry_has_both_toys_tagged_with_their_names():
+    from directclr.pipeline_registry import register_pipelines
+
+    bootstrap_project(REPO)
+    pipelines = register_pipelines()
+    for name in ARTIFACTS:
+        nodes = pipelines[name].nodes
+        assert nodes and all(node.tags == {name} for node in nodes)
+        assert all(node.namespace == name for node in nodes)
+    assert not set(pipelines["__default__"].nodes) & set(pipelines["toy_strong_augmentation"].nodes)
