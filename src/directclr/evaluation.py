@@ -35,7 +35,7 @@ class ProbeResult:
 
 def _flat(x) -> np.ndarray:
     x = x.numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-    return x.reshape(len(x), -1).astype(np.float64, copy=False)
+    return x.reshape(len(x), -1).astype(np.float32, copy=False)
 
 
 # Below this many feature values a BLAS call is too short to share between threads: the
