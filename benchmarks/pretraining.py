@@ -4,15 +4,17 @@ One model (directclr.models.SmallCNN at its default width, the directclr method)
 28x28 RGB uint8 images, SimCLR's two-view recipe (TwoViewAugmentation's defaults), the same
 loss (directclr.losses.info_nce) and optimizer (AdamW), measured three ways in one process:
 
-(a) the project's loop: ``directclr.training.pretrain`` on the images, its history's images/s
-    (the epoch's steps only; the effective-rank probe after the epoch is not counted);
+(a) the project's loop: ``directclr.training.pretrain`` on one batch of images for a few
+    epochs, so its history's images/s is one step per epoch (the effective-rank probe at the
+    end is not counted);
 (b) a plain PyTorch loop fed by a torchvision DataLoader (2 workers) that makes the two views
     with the per-image PIL pipeline of the same recipe (as people write it for CIFAR);
 (c) the ceiling: the same plain loop fed ready-made tensors, no augmentation at all.
 
 (a) also trains its online linear probe, so it does a little more work than (b) and (c).
-The three run interleaved (a, b, c, a, b, c, ...) after a warm-up round; each reports the
-median of its repetitions, so a machine shared with other work slows them alike. Prints
+The three run interleaved (a, b, c, a, b, c, ...) after a warm-up round, a few steps at a
+time; each reports the median of its steps' images/s, so a machine shared with other work slows
+them alike and a burst of it lands in few samples. Prints
 ``efficiency=<a/c>`` (target >= 0.9: augmentation nearly free), then last
 ``ratio=<a/b>`` (target >= 1.2). Where the model's own compute dominates (a CPU), (b) is
 close to (c) and no engine can reach the ratio target: ``ceiling/(b)`` bounds it.
@@ -86,13 +88,31 @@ def plain_loop(config: PretrainingConfig, device: torch.device, mean, std):
     return step
 
 
-def measure(alternatives: dict[str, Callable[[], float]], rounds: int) -> dict[str, float]:
-    """Median images/s of each alternative over ``rounds`` interleaved repetitions."""
+def measure(alternatives: dict[str, Callable[[], list[float]]], rounds: int) -> dict[str, float]:
+    """Median per-step images/s of each alternative over ``rounds`` interleaved repetitions.
+
+    Each alternative runs a few steps and returns each step's images/s.
+    """
     rates: dict[str, list[float]] = {name: [] for name in alternatives}
     for _ in range(rounds):
         for name, run in alternatives.items():
-            rates[name].append(run())
+            rates[name].extend(run())
     return {name: statistics.median(r) for name, r in rates.items()}
+
+
+def timed_steps(step: Callable[..., None], batches, device: torch.device) -> list[float]:
+    """Run ``step`` on each item of ``batches``; images/s of each step, waiting for its batch
+    included."""
+    rates = []
+    start = time.perf_counter()
+    for views in batches:
+        step(*views)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        rates.append(BATCH / (now - start))
+        start = now
+    return rates
 
 
 def main() -> None:
@@ -109,36 +129,27 @@ def main() -> None:
     labels = torch.from_numpy(rng.integers(0, 10, len(pool)))
     mean = (images.float() / 255).mean(dim=(0, 2, 3)).tolist()
     std = (images.float() / 255).std(dim=(0, 2, 3)).tolist()
-    config = PretrainingConfig(batch_size=BATCH, epochs=1, device=args.device)
+    config = PretrainingConfig(batch_size=BATCH, epochs=steps, rank_every=steps, device=args.device)
 
-    def project_loop() -> float:
-        history = pretrain(images, labels, config, mean, std)[1]
-        return float(history["images_per_s"].iloc[-1])
+    def project_loop() -> list[float]:
+        history = pretrain(images[:BATCH], labels[:BATCH], config, mean, std)[1]
+        return history["images_per_s"].tolist()
 
     loader = DataLoader(
         TwoViewImages(pool, config), batch_size=BATCH, shuffle=True, num_workers=WORKERS,
         persistent_workers=True, drop_last=True, pin_memory=device.type == "cuda",
     )  # fmt: skip
-    loader_step = plain_loop(config, device, mean, std)
 
-    def dataloader_loop() -> float:
-        start = time.perf_counter()
-        for view1, view2 in loader:  # a fresh pass: the workers' prefetch starts with the clock
-            loader_step(view1, view2)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return steps * BATCH / (time.perf_counter() - start)
+    def dataloader_loop() -> list[float]:
+        # A fresh model each round, as pretrain builds one per call, and a fresh pass over the
+        # loader: the workers' prefetch starts with the clock.
+        return timed_steps(plain_loop(config, device, mean, std), loader, device)
 
-    ready_step = plain_loop(config, device, mean, std)
     ready = [(images[i : i + BATCH].to(device).float() / 255) for i in range(0, len(pool), BATCH)]
 
-    def no_augmentation() -> float:
-        start = time.perf_counter()
-        for batch in ready:
-            ready_step(batch, batch)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return steps * BATCH / (time.perf_counter() - start)
+    def no_augmentation() -> list[float]:
+        step = plain_loop(config, device, mean, std)
+        return timed_steps(step, [(batch, batch) for batch in ready], device)
 
     alternatives = {
         "(a) directclr.training.pretrain": project_loop,
@@ -152,7 +163,7 @@ def main() -> None:
     print(
         f"SmallCNN (width {config.width}, {config.method}) on {SIZE}x{SIZE} RGB, batch {BATCH}, "
         f"{device}, {torch.get_num_threads()} torch threads; images/s counts an image once for "
-        f"its two views; median of {rounds} interleaved rounds of {steps} steps"
+        f"its two views; median over {rounds} interleaved rounds of {steps} steps"
         f"{' (--quick: rough)' if args.quick else ''}"
     )
     for name, rate in rates.items():

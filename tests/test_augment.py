@@ -151,6 +151,25 @@ def test_accelerator_path_gives_the_cpu_path_views(monkeypatch):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
 
 
+def test_engine_runs_on_one_cpu_thread_and_restores_the_thread_count(monkeypatch):
+    seen = []
+    real_blur = augment_module.gaussian_blur
+
+    def blur(*args):
+        seen.append(torch.get_num_threads())
+        return real_blur(*args)
+
+    monkeypatch.setattr(augment_module, "gaussian_blur", blur)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        augment(_images(8), ViewAugmentation(blur_p=1.0))
+        assert seen == [1]
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_single_channel_images_get_every_operation_that_applies_to_them():
     images = _images(64, c=1)
     out = augment(images, ViewAugmentation(solarize_p=0.5), torch.Generator().manual_seed(0))
