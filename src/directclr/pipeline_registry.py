@@ -14,12 +14,14 @@ a run there adds a namespace with no code change.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from kedro.framework.project import settings
 from kedro.pipeline import Pipeline
 
 from directclr.pipelines import (
+    analyze,
     comparison,
     data_prep,
     embeddings,
@@ -44,17 +46,25 @@ SHARED_PARAMETERS = {
     "params:linear_eval": "params:linear_eval",
 }
 COMPARISONS = ("compare", "projector_ablation", "d0_sweep")
+# An imported encoder: its model comes from a checkpoint, not from pretraining.
+ANALYZE_STAGES = {
+    "import_encoder": analyze.create_pipeline,
+    **{stage: MODEL_STAGES[stage] for stage in ("embeddings", "spectrum", "linear_eval")},
+}
 
 
-def run_pipeline(run: str) -> Pipeline:
-    """The model stages of one run, namespaced as ``run``, reading the shared dataset."""
-    stages = Pipeline(
+def run_pipeline(run: str, stages: dict[str, Callable[[], Pipeline]] = MODEL_STAGES) -> Pipeline:
+    """The model stages of one run (``stages``, by default all four), namespaced as ``run``,
+    reading the shared dataset and those shared parameters that the stages use."""
+    pipe = Pipeline(
         [
             Pipeline(create(), namespace=stage, prefix_datasets_with_namespace=False)
-            for stage, create in MODEL_STAGES.items()
+            for stage, create in stages.items()
         ]
     )
-    return Pipeline(stages, namespace=run, inputs=SHARED_INPUTS, parameters=SHARED_PARAMETERS)
+    free = pipe.inputs()
+    shared = {name: to for name, to in SHARED_PARAMETERS.items() if name in free}
+    return Pipeline(pipe, namespace=run, inputs=SHARED_INPUTS & free, parameters=shared)
 
 
 def data_prep_pipeline() -> Pipeline:
@@ -89,12 +99,14 @@ def configured_comparisons(conf_source: Path | None = None) -> dict[str, list[st
 def register_pipelines() -> dict[str, Pipeline]:
     """``directclr`` (the default) and ``simclr`` run all five stages; each stage alone is
     registered under its own name and runs for the default method; each configured
-    comparison is registered under its name."""
+    comparison is registered under its name; ``analyze`` runs the analysis stages on an
+    encoder imported from a checkpoint."""
     pipelines = {
         "directclr": method_pipeline("directclr"),
         "simclr": method_pipeline("simclr"),
         "toy_strong_augmentation": toy_strong_augmentation.create_pipeline(),
         "toy_implicit_regularization": toy_implicit_regularization.create_pipeline(),
+        "analyze": data_prep_pipeline() + run_pipeline("analyze", ANALYZE_STAGES),
     }
     default = pipelines["directclr"]
     pipelines["data_prep"] = data_prep_pipeline()

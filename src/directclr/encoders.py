@@ -1,0 +1,638 @@
+"""Bring your own encoder: turn a pretrained checkpoint into this project's model artifact.
+
+Researchers already have encoders (the paper's released DirectCLR ResNet-50, SimCLR models from
+other code, torchvision weights) and want to know how collapsed they are. This module reads the
+layouts such checkpoints come in and converts them to the dict of
+:func:`directclr.training.model_artifact`, so the embeddings, spectrum and linear_eval stages
+measure them unchanged. The layouts:
+
+* ``model_artifact``: this project's own ``{"config", "in_channels", "state_dict"}``, used as
+  it is (the file names its architecture);
+* ``entries``: the backbone's state dict under an entry (``backbone`` by default) and the
+  projector's under another (``projector``), as the paper's released code saves them
+  (``dict(backbone=..., head=...)``: a torchvision ResNet-50 whose ``fc`` is the identity, and
+  ``head`` its online ImageNet classifier); flat keys ``backbone.…``, as in a training
+  checkpoint's model state dict, read the same;
+* ``state_dict``: a plain torchvision ResNet (or this project's SmallCNN) state dict; the
+  classifier ``fc`` is dropped.
+
+Any of them may sit inside ``state_dict`` / ``model`` wrappers and carry the ``module.`` prefix
+of DistributedDataParallel (or ``_orig_mod.`` of ``torch.compile``). The architecture comes from
+:class:`EncoderConfig`; a file whose keys or shapes do not fit it is refused, listing missing,
+unexpected and mis-shaped keys and the setting to change. Nothing here reads files: the caller
+loads the checkpoint with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from directclr.models import BACKBONES, representation_dim
+from directclr.training import ModelConfig, build_model, model_artifact
+
+# torchvision's ImageNet statistics, which torchvision-style encoders were trained with.
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+WRAPPERS = ("state_dict", "model")
+KEY_PREFIXES = ("module.", "_orig_mod.")
+FIRST_CONV = {
+    "small_cnn": "features.0.weight",
+    "resnet18": "conv1.weight",
+    "resnet50": "conv1.weight",
+}
+STEM_KERNEL = {"resnet18": 3, "resnet50": 7}  # conv1 of this project's ResNets
+SHOWN = 5  # keys listed per kind in an error message
+
+
+class ChannelStats(BaseModel):
+    """Per-channel mean and std of the encoder's input, on the [0, 1] scale."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mean: list[float] = Field(min_length=1)
+    std: list[float] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> ChannelStats:
+        if len(self.mean) != len(self.std):
+            raise ValueError(f"mean has {len(self.mean)} values and std {len(self.std)}")
+        if any(s <= 0 for s in self.std):
+            raise ValueError(f"std values must be positive, got {self.std}")
+        return self
+
+
+class EncoderConfig(BaseModel):
+    """How to read a checkpoint: the architecture, and where its parts sit in the file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backbone: Literal["small_cnn", "resnet18", "resnet50"] = Field(
+        "resnet50",
+        description="resnet50: torchvision's (ImageNet stem); resnet18: CIFAR stem (3x3 conv1, "
+        "no max-pool); small_cnn: this project's",
+    )
+    width: int = Field(64, ge=1, description="small_cnn only: first block's channels (r: 8*width)")
+    norm: Literal["batch", "group"] = "batch"
+    backbone_entry: str = Field(
+        "backbone", min_length=1, description="entry of the file holding the backbone, if any"
+    )
+    projector_entry: str | None = Field(
+        "projector", description="entry holding the projector; null: z = r"
+    )
+    d0: int | None = Field(
+        None, ge=1, description="a DirectCLR encoder: z = r[:, :d0] (the file has no projector)"
+    )
+    normalization: Literal["auto", "imagenet", "dataset"] | ChannelStats = Field(
+        "auto",
+        description="auto: the file's own statistics if it has them, else ImageNet's for a "
+        "3-channel encoder and the dataset card's otherwise",
+    )
+
+
+@dataclass
+class ConvertedProjector:
+    """A foreign projector as one of this project's methods, with that method's state dict."""
+
+    method: str
+    hidden_dim: int | None
+    out_dim: int
+    state_dict: dict[str, torch.Tensor]
+    description: str
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the file
+
+
+def _strip(key: str) -> str:
+    """A key without DDP's ``module.`` and torch.compile's ``_orig_mod.`` prefixes."""
+    while key.startswith(KEY_PREFIXES):
+        key = key.split(".", 1)[1]
+    return key
+
+
+def unwrap(checkpoint: Any) -> Any:
+    """The state dict inside ``state_dict`` / ``model`` wrappers (a training checkpoint's)."""
+    while isinstance(checkpoint, dict) and not is_model_artifact(checkpoint):
+        inner = next((checkpoint[k] for k in WRAPPERS if isinstance(checkpoint.get(k), dict)), None)
+        if inner is None:
+            break
+        checkpoint = inner
+    return checkpoint
+
+
+def flatten_checkpoint(checkpoint: Any) -> dict[str, torch.Tensor]:
+    """Every tensor of a checkpoint under one dotted key, with wrappers and DDP / torch.compile
+    prefixes removed; other values (epoch, optimizer settings) are left out.
+
+    Raises ValueError for anything that holds no tensors.
+    """
+    flat: dict[str, torch.Tensor] = {}
+
+    def visit(value: Any, key: str) -> None:
+        if isinstance(value, torch.Tensor):
+            flat[key] = value
+        elif isinstance(value, dict):
+            for name, item in value.items():
+                name = _strip(str(name))
+                visit(item, f"{key}.{name}" if key else name)
+
+    inner = unwrap(checkpoint)
+    if isinstance(inner, dict):
+        visit(inner["state_dict"] if is_model_artifact(inner) else inner, "")
+    if not flat:
+        keys = list(checkpoint)[:SHOWN] if isinstance(checkpoint, dict) else []
+        raise ValueError(
+            f"the file is not a checkpoint: it holds no named tensors (a "
+            f"{type(checkpoint).__name__}{f' with keys {keys}' if keys else ''}); give a state "
+            "dict, a dict of state dicts, or this project's model artifact"
+        )
+    return flat
+
+
+def checkpoint_hash(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over the keys, dtypes, shapes and bytes of a flattened checkpoint: which weights
+    were analysed, whatever the file was called."""
+    digest = hashlib.sha256()
+    for key in sorted(tensors):
+        tensor = tensors[key].detach().cpu().contiguous()
+        digest.update(f"{key} {tensor.dtype} {list(tensor.shape)}\n".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return f"sha256:{digest.hexdigest()}"
+
+
+def is_model_artifact(checkpoint: Any) -> bool:
+    """True for the dict of :func:`directclr.training.model_artifact`."""
+    required = {"config", "in_channels", "state_dict"}
+    return isinstance(checkpoint, dict) and required <= checkpoint.keys()
+
+
+def _entries(tensors: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    """Tensors grouped by the first component of their key ("" for keys with none)."""
+    entries: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        head, dot, rest = key.partition(".")
+        if dot:
+            entries.setdefault(head, {})[rest] = value
+        else:
+            entries.setdefault("", {})[key] = value
+    return entries
+
+
+# ---------------------------------------------------------------------------------------------
+# Checking keys against the architecture
+
+
+def _listing(keys: list[str]) -> str:
+    shown = ", ".join(keys[:SHOWN])
+    return shown + (f", ... ({len(keys) - SHOWN} more)" if len(keys) > SHOWN else "")
+
+
+def key_problems(given: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> list[str]:
+    """Missing, unexpected and mis-shaped keys of a state dict against a model's, the first few
+    of each (a missing BatchNorm ``num_batches_tracked`` counter is not a problem)."""
+    missing = [k for k in expected if k not in given and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in given if k not in expected]
+    wrong = [
+        f"{k} (file {list(given[k].shape)}, model {list(expected[k].shape)})"
+        for k in given
+        if k in expected and given[k].shape != expected[k].shape
+    ]
+    return [
+        f"{len(keys)} {label} keys: {_listing(keys)}"
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", wrong))
+        if keys
+    ]
+
+
+def guess_backbone(tensors: dict[str, torch.Tensor]) -> tuple[str | None, str] | None:
+    """What a backbone state dict looks like, for error messages: the name of the backbone of
+    this project it resembles (or None) and a description; None if it resembles nothing."""
+    first = tensors.get("features.0.weight")
+    if first is not None and first.ndim == 4:
+        return "small_cnn", f"small_cnn with width={first.shape[0]}"
+    if "layer4.0.conv1.weight" not in tensors:
+        return None
+    bottleneck = "layer1.0.conv3.weight" in tensors
+    blocks = tuple(
+        sum(f"layer{i}.{b}.conv1.weight" in tensors for b in range(64)) for i in (1, 2, 3, 4)
+    )
+    name = {(False, (2, 2, 2, 2)): "resnet18", (True, (3, 4, 6, 3)): "resnet50"}.get(
+        (bottleneck, blocks)
+    )
+    description = name or f"a ResNet with {list(blocks)} blocks per stage"
+    stem = tensors.get("conv1.weight")
+    if stem is not None and stem.ndim == 4:
+        description += f" with a {stem.shape[-1]}x{stem.shape[-1]} conv1"
+        if name and stem.shape[-1] != STEM_KERNEL[name]:
+            kernel = STEM_KERNEL[name]
+            description += (
+                f", and this project's {name} has a {kernel}x{kernel} stem (resnet18: the CIFAR "
+                "stem, resnet50: torchvision's ImageNet stem), so its weights do not fit"
+            )
+            name = None
+    return name, description
+
+
+def _backbone_hint(given: dict[str, torch.Tensor], config: EncoderConfig, settings: str) -> str:
+    guess = guess_backbone(given)
+    if guess is None:
+        return ""
+    name, description = guess
+    if name == "small_cnn":
+        width = given["features.0.weight"].shape[0]
+        if (name, width) != (config.backbone, config.width):
+            change = f"{settings}backbone=small_cnn, {settings}width={width}"
+            return f"Hint: the file looks like {description}: set {change}. "
+    elif name and name != config.backbone:
+        return f"Hint: the file looks like {description}: set {settings}backbone={name}. "
+    elif name is None:
+        return f"Hint: the file looks like {description}. "
+    return ""
+
+
+# ---------------------------------------------------------------------------------------------
+# Projectors
+
+
+def _layers(state: dict[str, torch.Tensor]) -> list[tuple[int, dict[str, torch.Tensor]]]:
+    """The layers of an ``nn.Sequential`` state dict (or of a lone layer's), by index."""
+    if all("." not in key for key in state):
+        return [(0, state)]
+    layers: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in state.items():
+        index, _, name = key.partition(".")
+        if not index.isdigit() or "." in name:
+            raise ValueError(f"its keys ({_listing(list(state))}) are not an nn.Sequential's")
+        layers.setdefault(int(index), {})[name] = value
+    return sorted(layers.items())
+
+
+def _kind(params: dict[str, torch.Tensor]) -> str:
+    if {"running_mean", "running_var"} <= set(params):
+        return "B"
+    weight = params.get("weight")
+    if weight is not None and weight.ndim == 2 and set(params) <= {"weight", "bias"}:
+        return "L"
+    return "?"
+
+
+def _batch_norm(params: dict[str, torch.Tensor], bias: torch.Tensor | None) -> dict:
+    """A BatchNorm1d's state with the preceding Linear's bias folded in: in eval mode,
+    BN(Wx + b) with running mean m is BN(Wx) with running mean m - b."""
+    mean = params["running_mean"].float()
+    return {
+        "weight": params.get("weight", torch.ones_like(mean)).float(),
+        "bias": params.get("bias", torch.zeros_like(mean)).float(),
+        "running_mean": mean - bias.float() if bias is not None else mean,
+        "running_var": params["running_var"].float(),
+        "num_batches_tracked": params.get("num_batches_tracked", torch.tensor(0)),
+    }
+
+
+def _pass_through_batch_norm(bias: torch.Tensor | None, dim: int, eps: float = 1e-5) -> dict:
+    """A BatchNorm1d that in eval mode adds ``bias`` (or nothing): it stands in for the final
+    BN of this project's MLP projector when the foreign MLP has none."""
+    return {
+        "weight": torch.full((dim,), 1.0 + eps).sqrt(),
+        "bias": torch.zeros(dim),
+        "running_mean": -bias.float() if bias is not None else torch.zeros(dim),
+        "running_var": torch.ones(dim),
+        "num_batches_tracked": torch.tensor(0),
+    }
+
+
+def convert_projector(state: dict[str, torch.Tensor], dim: int) -> ConvertedProjector:
+    """A projector's state dict as this project's ``simclr`` MLP or ``simclr_linear`` layer,
+    for a ``dim``-dimensional representation.
+
+    Understood: one Linear without bias; Linear-BN-ReLU-Linear(-BN) as an ``nn.Sequential``
+    (indices i, i+1, i+3[, i+4]: the parameter-free module at i+2 is taken to be the ReLU),
+    with or without Linear biases (folded into the next BatchNorm). Sizes come from the weight
+    shapes. Anything else raises ValueError saying why.
+    """
+    layers = _layers(state)
+    kinds = "".join(_kind(params) for _, params in layers)
+    indices = [index for index, _ in layers]
+    first = layers[0][1].get("weight")
+    if first is not None and first.ndim == 2 and first.shape[1] != dim:
+        raise ValueError(f"its first layer takes {first.shape[1]} inputs and r has {dim}")
+    if kinds == "L":
+        params = layers[0][1]
+        if "bias" in params:
+            raise ValueError(
+                "it is one Linear with a bias, and this project's linear projector "
+                "(simclr_linear) has none"
+            )
+        out_dim, dim = params["weight"].shape
+        return ConvertedProjector(
+            "simclr_linear", None, out_dim, {"weight": params["weight"].float()},
+            f"Linear {dim}-{out_dim}",
+        )  # fmt: skip
+    start = indices[0]
+    if (
+        kinds in ("LBL", "LBLB")
+        and indices == [start, start + 1, start + 3, start + 4][: len(kinds)]
+    ):
+        (_, linear1), (_, norm1), (_, linear2), *final = layers
+        hidden, dim = linear1["weight"].shape
+        out_dim = linear2["weight"].shape[0]
+        if norm1["running_mean"].shape[0] != hidden or linear2["weight"].shape[1] != hidden:
+            raise ValueError("its layer sizes do not chain")
+        norm2 = (
+            _batch_norm(final[0][1], linear2.get("bias"))
+            if final
+            else _pass_through_batch_norm(linear2.get("bias"), out_dim)
+        )
+        converted = {
+            "net.0.weight": linear1["weight"].float(),
+            "net.3.weight": linear2["weight"].float(),
+        }
+        converted |= {f"net.1.{k}": v for k, v in _batch_norm(norm1, linear1.get("bias")).items()}
+        converted |= {f"net.4.{k}": v for k, v in norm2.items()}
+        shape = "Linear-BN-ReLU-Linear" + ("-BN" if final else "")
+        return ConvertedProjector(
+            "simclr", hidden, out_dim, converted, f"{shape} {dim}-{hidden}-{out_dim}"
+        )
+    raise ValueError(
+        f"its layers ({', '.join(f'{i}:{k}' for i, k in zip(indices, kinds, strict=True))}; "
+        "L Linear, B BatchNorm) are neither one Linear nor Linear-BN-ReLU-Linear(-BN)"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Input normalisation
+
+
+def _file_stats(tensors: dict[str, torch.Tensor], channels: int) -> ChannelStats | None:
+    """A ContrastiveModel's ``mean`` / ``std`` buffers, when the state dict has them."""
+    mean, std = tensors.get("mean"), tensors.get("std")
+    if mean is None or std is None or mean.numel() != channels or std.numel() != channels:
+        return None
+    return ChannelStats(mean=mean.flatten().tolist(), std=std.flatten().tolist())
+
+
+def resolve_normalization(
+    setting: str | ChannelStats,
+    in_channels: int,
+    file_stats: ChannelStats | None,
+    settings: str = "",
+) -> tuple[str, ChannelStats | None]:
+    """Where the input normalisation comes from (``file``, ``imagenet``, ``parameters`` or
+    ``dataset``) and its statistics (None for ``dataset``: they come with the dataset card)."""
+    if isinstance(setting, ChannelStats):
+        if len(setting.mean) != in_channels:
+            raise ValueError(
+                f"{settings}normalization has {len(setting.mean)} channels and the encoder takes "
+                f"{in_channels}; give {in_channels} values of mean and std"
+            )
+        return "parameters", setting
+    if setting == "auto":
+        if file_stats is not None:
+            return "file", file_stats
+        setting = "imagenet" if in_channels == 3 else "dataset"
+    if setting == "imagenet":
+        if in_channels != 3:
+            raise ValueError(
+                f"{settings}normalization=imagenet needs a 3-channel encoder and this one takes "
+                f"{in_channels}; use dataset, or give mean and std"
+            )
+        return "imagenet", ChannelStats(mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    return "dataset", None
+
+
+def _set_stats(state: dict[str, torch.Tensor], stats: ChannelStats) -> None:
+    state["mean"] = torch.tensor(stats.mean, dtype=torch.float32).view(1, -1, 1, 1)
+    state["std"] = torch.tensor(stats.std, dtype=torch.float32).view(1, -1, 1, 1)
+
+
+def _normalization(source: str, stats: ChannelStats | None) -> dict:
+    return {"normalization": {"source": source} | (stats.model_dump() if stats else {})}
+
+
+# ---------------------------------------------------------------------------------------------
+# Conversion
+
+IGNORED_FOR_ARTIFACTS = ["backbone", "width", "norm", "backbone_entry", "projector_entry", "d0"]
+
+
+def _import_artifact(artifact: dict, config: EncoderConfig, settings: str) -> tuple[dict, dict]:
+    """This project's own model artifact, checked, with the normalisation the settings ask for."""
+    try:
+        model_config = ModelConfig.model_validate(artifact["config"])
+        in_channels = int(artifact["in_channels"])
+    except (ValidationError, TypeError, ValueError) as err:
+        raise ValueError(
+            f"the file looks like this project's model artifact but its config is invalid "
+            f"({err}); it may come from another version of directclr"
+        ) from None
+    model = build_model(model_config, in_channels, [0.0] * in_channels, [1.0] * in_channels)
+    state = {_strip(k): v for k, v in artifact["state_dict"].items()}
+    expected = model.state_dict()
+    problems = key_problems(state, expected)
+    if problems:
+        raise ValueError(
+            f"the model artifact's state dict does not fit its own config (backbone "
+            f"{model_config.backbone}, method {model_config.method}): {'; '.join(problems)}; it "
+            "may come from another version of directclr"
+        )
+    source, stats = resolve_normalization(
+        config.normalization, in_channels, _file_stats(state, in_channels), settings
+    )
+    if stats is not None:
+        _set_stats(state, stats)
+    model.load_state_dict({k: state.get(k, v) for k, v in expected.items()})
+    report = {
+        "layout": "model_artifact",
+        "embedding": f"as trained: this project's {model_config.method} model",
+        "projector": model_config.method,
+        "ignored_settings": IGNORED_FOR_ARTIFACTS,
+        "dropped_keys": [],
+        "unused_entries": [],
+    }
+    return model_artifact(model, model_config, in_channels), report | _normalization(source, stats)
+
+
+@dataclass
+class _Parts:
+    """A foreign checkpoint taken apart: the backbone's and projector's state dicts."""
+
+    layout: str
+    backbone: dict[str, torch.Tensor]
+    projector: dict[str, torch.Tensor] | None
+    entries: list[str]  # the file's top-level entries, for messages
+    unused: list[str]
+    dropped: list[str]
+
+
+def _without_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    if state and all(k.startswith(prefix) for k in state):
+        return {k.removeprefix(prefix): v for k, v in state.items()}
+    return state
+
+
+def _take_apart(tensors: dict[str, torch.Tensor], config: EncoderConfig) -> _Parts:
+    """The backbone under ``backbone_entry`` (or, without it, the whole state dict), the
+    projector under ``projector_entry``; the classifier ``fc`` and this project's input
+    statistics are set aside."""
+    entries = _entries(tensors)
+    loose = entries.pop("", {})
+    names = sorted(entries)
+    if config.backbone_entry in entries:
+        layout, backbone = "entries", entries.pop(config.backbone_entry)
+        projector = entries.pop(config.projector_entry, None) if config.projector_entry else None
+        unused = sorted(entries) + sorted(k for k in loose if k not in ("mean", "std"))
+    else:
+        layout, projector, unused = "state_dict", None, []
+        backbone = {k: v for k, v in tensors.items() if k not in ("mean", "std")}
+    dropped = sorted(k for k in backbone if k.startswith("fc."))
+    backbone = {k: v for k, v in backbone.items() if not k.startswith("fc.")}
+    # This project's ResNetBackbone and MLPProjector wrap their layers in `net`.
+    backbone = _without_prefix(backbone, "net.")
+    projector = _without_prefix(projector, "net.") if projector is not None else None
+    return _Parts(layout, backbone, projector, names, unused, dropped)
+
+
+def _embedding(
+    projector_state: dict[str, torch.Tensor] | None,
+    config: EncoderConfig,
+    dim: int,
+    settings: str,
+) -> tuple[ConvertedProjector | None, str]:
+    """The projector to use (None: z = r or r[:, :d0]) and a sentence saying how z is made."""
+    entry = config.projector_entry
+    projector = None
+    if projector_state is not None:
+        try:
+            projector = convert_projector(projector_state, dim)
+        except ValueError as err:
+            note = f"z = r: the '{entry}' entry was not used, {err}"
+        else:
+            note = f"z = projector(r): {projector.description}, from the '{entry}' entry"
+    elif entry:
+        note = f"z = r: the file has no '{entry}' entry"
+    else:
+        note = f"z = r: {settings}projector_entry is null"
+    if config.d0 is None:
+        return projector, note
+    if projector is not None:
+        raise ValueError(
+            f"{settings}d0={config.d0} asks for z = r[:, :d0], and the file has a projector under "
+            f"'{entry}': set {settings}projector_entry=null to use r[:, :d0], or leave d0 unset "
+            "to use the projector"
+        )
+    return None, f"z = r[:, :{config.d0}] ({settings}d0)"
+
+
+def _model_config(
+    projector: ConvertedProjector | None, config: EncoderConfig, settings: str
+) -> ModelConfig:
+    """The architecture of the imported model, in this project's words."""
+    settings_of_projector = {}
+    if projector is not None:
+        settings_of_projector["projector_dim"] = projector.out_dim
+        if projector.hidden_dim is not None:
+            settings_of_projector["projector_hidden_dim"] = projector.hidden_dim
+    if config.d0 is not None:
+        settings_of_projector["d0"] = config.d0
+    method = projector.method if projector else "directclr" if config.d0 else "no_projector"
+    try:
+        return ModelConfig(
+            method=method, backbone=config.backbone, width=config.width, norm=config.norm,
+            **settings_of_projector,
+        )  # fmt: skip
+    except ValidationError as err:
+        raise ValueError(f"{settings}d0: {err.errors()[0]['msg']}") from None
+
+
+def _fit_message(parts: _Parts, problems: list[str], config: EncoderConfig, settings: str) -> str:
+    what = f"the '{config.backbone_entry}' entry" if parts.layout == "entries" else "the state dict"
+    width = f" (width={config.width})" if config.backbone == "small_cnn" else ""
+    hint = _backbone_hint(parts.backbone, config, settings)
+    return (
+        f"{what} of the checkpoint does not fit backbone={config.backbone}{width}, "
+        f"norm={config.norm}: {'; '.join(problems)}. {hint}"
+        f"Change {settings}backbone ({', '.join(BACKBONES)}), {settings}width (small_cnn) or "
+        f"{settings}norm (batch, group); or {settings}backbone_entry if the backbone sits under "
+        f"another entry of the file (entries: {_listing(parts.entries) or 'none'})"
+    )
+
+
+def convert_checkpoint(
+    checkpoint: Any, config: EncoderConfig, settings: str = ""
+) -> tuple[dict, dict]:
+    """A loaded checkpoint as this project's model artifact, and a report of what was read.
+
+    Raises ValueError for a file that is not a checkpoint, or whose keys or shapes do not fit
+    ``config``, naming the setting to change (``settings`` prefixes the names, e.g.
+    ``analyze.encoder.``). With ``normalization: dataset`` the artifact's mean and std are
+    placeholders until :func:`fit_to_dataset` sets them.
+    """
+    tensors = flatten_checkpoint(checkpoint)
+    digest = {"checkpoint_hash": checkpoint_hash(tensors)}
+    inner = unwrap(checkpoint)
+    if is_model_artifact(inner):
+        artifact, report = _import_artifact(inner, config, settings)
+        return artifact, digest | report
+
+    parts = _take_apart(tensors, config)
+    conv = parts.backbone.get(FIRST_CONV[config.backbone])
+    in_channels = int(conv.shape[1]) if conv is not None and conv.ndim == 4 else 3
+    dim = representation_dim(config.backbone, config.width)
+    projector, note = _embedding(parts.projector, config, dim, settings)
+    model_config = _model_config(projector, config, settings)
+    file_stats = _file_stats({k: v for k, v in tensors.items() if "." not in k}, in_channels)
+    source, stats = resolve_normalization(config.normalization, in_channels, file_stats, settings)
+
+    model = build_model(model_config, in_channels, [0.0] * in_channels, [1.0] * in_channels)
+    prefix = "backbone.net." if hasattr(model.backbone, "net") else "backbone."
+    state = model.state_dict()
+    expected = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+    problems = key_problems(parts.backbone, expected)
+    if problems:
+        raise ValueError(_fit_message(parts, problems, config, settings))
+    state |= {prefix + k: v for k, v in parts.backbone.items()}
+    if projector is not None:
+        state |= {f"projector.{k}": v for k, v in projector.state_dict.items()}
+    if stats is not None:
+        _set_stats(state, stats)
+    model.load_state_dict(state)
+    report = digest | {
+        "layout": parts.layout,
+        "embedding": note,
+        "projector": projector.description if projector else None,
+        "dropped_keys": parts.dropped,
+        "unused_entries": parts.unused,
+    }
+    return model_artifact(model, model_config, in_channels), report | _normalization(source, stats)
+
+
+def fit_to_dataset(artifact: dict, report: dict, dataset_card: dict) -> tuple[dict, dict]:
+    """The artifact checked against the dataset it will encode (its channels), with the dataset
+    card's statistics as its normalisation when the report says they are wanted."""
+    channels, encoder_channels = int(dataset_card["channels"]), int(artifact["in_channels"])
+    if channels != encoder_channels:
+        raise ValueError(
+            f"the encoder takes {encoder_channels}-channel images and the dataset has {channels}: "
+            f"set data_prep.channels={encoder_channels}"
+            + (" (grey images are repeated into RGB)" if encoder_channels == 3 else "")
+        )
+    config = artifact["config"]
+    report = report | {
+        "backbone": config["backbone"],
+        "method": config["method"],
+        "in_channels": encoder_channels,
+        "representation_dim": representation_dim(config["backbone"], config["width"]),
+        "image_shape": dataset_card.get("image_shape"),
+    }
+    if report["normalization"]["source"] == "dataset":
+        stats = ChannelStats(mean=dataset_card["channel_mean"], std=dataset_card["channel_std"])
+        artifact = artifact | {"state_dict": dict(artifact["state_dict"])}
+        _set_stats(artifact["state_dict"], stats)
+        report |= _normalization("dataset", stats)
+    return artifact, report
