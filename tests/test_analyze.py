@@ -231,10 +231,25 @@ def test_files_that_do_not_fit_name_the_keys_and_the_setting_to_change():
     assert "missing keys: layer1.0.conv3.weight" in message and "(160 more)" in message
     assert "mis-shaped keys: conv1.weight (file [64, 3, 3, 3], model [64, 3, 7, 7])" in message
     assert "set analyze.encoder.backbone=resnet18" in message
-    # torchvision's own ResNet-18 has the ImageNet stem; this project's resnet18 the CIFAR one.
-    imagenet_resnet18 = torchvision.models.resnet18(weights=None).state_dict()
-    with pytest.raises(ValueError, match="7x7 conv1, and this project's resnet18 has a 3x3 stem"):
-        convert_checkpoint(imagenet_resnet18, EncoderConfig(backbone="resnet18"), SETTINGS)
+    # torchvision's own ResNet-18 has the ImageNet stem; this project's resnet18 defaults to
+    # the CIFAR one, and the hint names the setting that reads it.
+    imagenet_resnet18 = torchvision.models.resnet18(weights=None)
+    with pytest.raises(
+        ValueError, match="set analyze.encoder.backbone=resnet18, analyze.encoder.stem=imagenet"
+    ):
+        convert_checkpoint(imagenet_resnet18.state_dict(), EncoderConfig(backbone="resnet18"),
+                           SETTINGS)  # fmt: skip
+    artifact, _ = convert_checkpoint(
+        imagenet_resnet18.state_dict(),
+        EncoderConfig(backbone="resnet18", stem="imagenet"),
+        SETTINGS,
+    )
+    model = model_from_artifact(artifact)
+    images = torch.rand(2, 3, 64, 64)
+    mean, std = model.mean, model.std
+    imagenet_resnet18.fc = torch.nn.Identity()
+    expected = imagenet_resnet18.eval()((images - mean) / std)
+    torch.testing.assert_close(model.representation(images), expected, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="unexpected keys: encoder.conv1.weight.*entries: encoder"):
         convert_checkpoint({f"encoder.{k}": v for k, v in resnet18.items()},
                            EncoderConfig(backbone="resnet18"), SETTINGS)  # fmt: skip

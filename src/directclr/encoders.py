@@ -78,6 +78,9 @@ class EncoderConfig(BaseModel):
     )
     width: int = Field(64, ge=1, description="small_cnn only: first block's channels (r: 8*width)")
     norm: Literal["batch", "group"] = "batch"
+    stem: Literal["auto", "cifar", "imagenet"] = Field(
+        "auto", description="ResNets: auto (resnet18: CIFAR stem, resnet50: ImageNet), or explicit"
+    )
     backbone_entry: str = Field(
         "backbone", min_length=1, description="entry of the file holding the backbone, if any"
     )
@@ -230,12 +233,8 @@ def guess_backbone(tensors: dict[str, torch.Tensor]) -> tuple[str | None, str] |
     if stem is not None and stem.ndim == 4:
         description += f" with a {stem.shape[-1]}x{stem.shape[-1]} conv1"
         if name and stem.shape[-1] != STEM_KERNEL[name]:
-            kernel = STEM_KERNEL[name]
-            description += (
-                f", and this project's {name} has a {kernel}x{kernel} stem (resnet18: the CIFAR "
-                "stem, resnet50: torchvision's ImageNet stem), so its weights do not fit"
-            )
-            name = None
+            # The other stem of the same ResNet: say which setting reads it.
+            name += ", " + ("stem=imagenet" if stem.shape[-1] == 7 else "stem=cifar")
     return name, description
 
 
@@ -249,9 +248,12 @@ def _backbone_hint(given: dict[str, torch.Tensor], config: EncoderConfig, settin
         if (name, width) != (config.backbone, config.width):
             change = f"{settings}backbone=small_cnn, {settings}width={width}"
             return f"Hint: the file looks like {description}: set {change}. "
-    elif name and name != config.backbone:
-        return f"Hint: the file looks like {description}: set {settings}backbone={name}. "
-    elif name is None:
+    elif name:
+        backbone, _, stem = name.partition(", stem=")
+        wanted = f"{settings}backbone={backbone}" + (f", {settings}stem={stem}" if stem else "")
+        if (backbone, stem or "auto") != (config.backbone, config.stem):
+            return f"Hint: the file looks like {description}: set {wanted}. "
+    else:
         return f"Hint: the file looks like {description}. "
     return ""
 
@@ -544,7 +546,7 @@ def _model_config(
     try:
         return ModelConfig(
             method=method, backbone=config.backbone, width=config.width, norm=config.norm,
-            **settings_of_projector,
+            stem=config.stem, **settings_of_projector,
         )  # fmt: skip
     except ValidationError as err:
         raise ValueError(f"{settings}d0: {err.errors()[0]['msg']}") from None

@@ -26,6 +26,7 @@ METHODS: tuple[str, ...] = get_args(Method)
 # Methods whose embedding is d0-dimensional, so d0 must fit in the representation.
 LOW_RANK_METHODS = ("directclr", "fixed_low_rank", "random_subset")
 Backbone = Literal["small_cnn", "resnet18", "resnet50"]
+Stem = Literal["auto", "cifar", "imagenet"]
 BACKBONES: tuple[str, ...] = get_args(Backbone)
 
 
@@ -200,15 +201,20 @@ def build_backbone(
     width: int = 64,
     zero_init_residual: bool = False,
     norm: str = "batch",
+    stem: str = "auto",
 ) -> nn.Module:
-    """``small_cnn`` (up to 32 px), ``resnet18`` with a CIFAR stem (32-96 px), ``resnet50``
-    with torchvision's ImageNet stem."""
+    """``small_cnn`` (up to 32 px), ``resnet18`` or ``resnet50`` from torchvision.
+
+    ``stem="auto"`` gives resnet18 the CIFAR stem (3x3 conv, stride 1, no max-pool; for
+    32-96 px) and resnet50 torchvision's ImageNet stem (7x7 stride-2 conv and max-pool);
+    ``cifar`` or ``imagenet`` chooses explicitly (for example to read torchvision's own
+    ImageNet ResNet-18)."""
     if name == "small_cnn":
         return SmallCNN(in_channels, width, norm)
     if name == "resnet18":
-        return ResNetBackbone(18, in_channels, True, zero_init_residual, norm)
+        return ResNetBackbone(18, in_channels, stem != "imagenet", zero_init_residual, norm)
     if name == "resnet50":
-        return ResNetBackbone(50, in_channels, False, zero_init_residual, norm)
+        return ResNetBackbone(50, in_channels, stem == "cifar", zero_init_residual, norm)
     raise ValueError(f"unknown backbone {name!r}; choose one of {BACKBONES}")
 
 

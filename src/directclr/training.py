@@ -49,6 +49,7 @@ from directclr.models import (
     Backbone,
     ContrastiveModel,
     Method,
+    Stem,
     build_backbone,
     build_projector,
     representation_dim,
@@ -76,6 +77,10 @@ class ModelConfig(BaseModel):
     zero_init_residual: bool = Field(False, description="ResNets: last BN of each block at 0")
     norm: Literal["batch", "group"] = Field(
         "batch", description="backbone normalisation; group has no batch statistics"
+    )
+    stem: Stem = Field(
+        "auto",
+        description="ResNets: auto (resnet18 CIFAR stem, resnet50 ImageNet), cifar, imagenet",
     )
     d0: int = Field(64, ge=1, description="embedding size for directclr and the low-rank rows")
     projector_hidden_dim: int = Field(512, ge=1)
@@ -185,7 +190,12 @@ def build_model(
     """The model a config describes, with fresh weights drawn from ``seed``."""
     torch.manual_seed(seed)
     backbone = build_backbone(
-        config.backbone, in_channels, config.width, config.zero_init_residual, config.norm
+        config.backbone,
+        in_channels,
+        config.width,
+        config.zero_init_residual,
+        config.norm,
+        config.stem,
     )
     dim = backbone.output_dim
     if config.method in LOW_RANK_METHODS and config.d0 > dim:
