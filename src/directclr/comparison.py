@@ -21,6 +21,9 @@ PAPER_TOP1 = {
     "random_subset": 43.0,
 }
 PAPER_COLUMN = "paper top-1 % (ImageNet, ResNet-50)"
+# Ranks and collapse are compared on the training split: it is the larger one, so its
+# spectrum is not cut off by the number of vectors (N - 1) before the dimension is reached.
+SPLIT = "train"
 
 
 def comparison_row(
@@ -35,12 +38,12 @@ def comparison_row(
         "linear_probe_top1_r": linear_eval["linear_probe_accuracy_r"],
         "linear_probe_top1_z": linear_eval["linear_probe_accuracy_z"],
         "knn_top1_r": linear_eval.get("knn_accuracy_r"),
-        "effective_rank_r": spectrum["r_test"]["effective_rank"],
-        "effective_rank_z": spectrum["z_test"]["effective_rank"],
-        "collapsed_dims_r": spectrum["r_test"]["collapsed_dimensions"],
-        "collapsed_dims_z": spectrum["z_test"]["collapsed_dimensions"],
-        "dims_r": spectrum["r_test"]["dimensions"],
-        "dims_z": spectrum["z_test"]["dimensions"],
+        "effective_rank_r": spectrum[f"r_{SPLIT}"]["effective_rank"],
+        "effective_rank_z": spectrum[f"z_{SPLIT}"]["effective_rank"],
+        "collapsed_dims_r": spectrum[f"r_{SPLIT}"]["collapsed_dimensions"],
+        "collapsed_dims_z": spectrum[f"z_{SPLIT}"]["collapsed_dimensions"],
+        "dims_r": spectrum[f"r_{SPLIT}"]["dimensions"],
+        "dims_z": spectrum[f"z_{SPLIT}"]["dimensions"],
         "training_seconds": float(history["seconds"].sum()) if "seconds" in history else None,
         PAPER_COLUMN: PAPER_TOP1.get(method),
     }

@@ -93,11 +93,11 @@ def confusion_figure(matrix: np.ndarray, classes: list[str], title: str) -> plt.
 
 
 def spectra_overlay_figure(spectra: dict[str, pd.DataFrame], title: str) -> plt.Figure:
-    """Log spectra of r (left) and z (right) on the test split, one line per run."""
+    """Log spectra of r (left) and z (right) on the training split, one line per run."""
     frames = []
     for run, table in spectra.items():
-        test = table[table["split"] == "test"]
-        frames.append(test.assign(run=run))
+        train = table[table["split"] == "train"]
+        frames.append(train.assign(run=run))
     frame = pd.concat(frames, ignore_index=True)
     frame["log10 eigenvalue"] = log_spectrum(frame["eigenvalue"].to_numpy(), floor=1e-20)
     sns.set_theme(style="whitegrid")
@@ -105,7 +105,7 @@ def spectra_overlay_figure(spectra: dict[str, pd.DataFrame], title: str) -> plt.
     for ax, kind in zip(axes, ("r", "z"), strict=True):
         sns.lineplot(data=frame[frame["vectors"] == kind], x="index", y="log10 eigenvalue",
                      hue="run", ax=ax)  # fmt: skip
-        ax.set_title(f"{kind}: covariance eigenvalues of L2-normalised vectors (test)")
+        ax.set_title(f"{kind}: covariance eigenvalues of L2-normalised vectors (train)")
         ax.set_xlabel("singular value rank index")
     fig.suptitle(title)
     fig.tight_layout()
