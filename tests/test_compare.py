@@ -6,6 +6,7 @@ import pandas as pd
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 
+from directclr.comparison import PAPER_COLUMN
 from directclr.pipeline_registry import configured_comparisons, register_pipelines
 from tests.conftest import REPO
 from tests.test_run import versions
@@ -55,10 +56,11 @@ def test_compare_writes_one_complete_row_per_run_and_one_run_can_be_redone(proje
     assert table["linear_probe_top1_r"].between(0, 1).all()
     assert table.set_index("run").loc["directclr", "dims_z"] == 8
     assert table.set_index("run").loc["no_projector", "dims_z"] == 32
-    assert table["paper top-1 % (ImageNet, ResNet-50)"].tolist() == [66.5, 61.1, 51.5, 62.7]
+    assert table[PAPER_COLUMN].tolist() == [66.5, 61.1, 51.5, 62.7]
     markdown = versions(project, "08_reporting/compare/comparison_table.md")[0]
     assert (markdown / "comparison_table.md").read_text().count("\n") == 2 + 4
     assert versions(project, "08_reporting/compare/comparison_spectra.png")
+    assert versions(project, "08_reporting/compare/collapse_vs_d0.png")
 
     # Redo one run with another seed: only its row changes.
     bootstrap_project(project)

@@ -63,7 +63,8 @@ def test_comparison_row_and_markdown():
                    "linear_probe_accuracy_z": 0.9, "knn_accuracy_r": 0.93}  # fmt: skip
     metrics = {"effective_rank": 10.0, "collapsed_dimensions": 3, "dimensions": 64}
     history = pd.DataFrame({"seconds": [1.5, 2.5]})
-    row = comparison_row("directclr", linear_eval, {"r_train": metrics, "z_train": metrics}, history)
+    spectrum = {"r_train": metrics, "z_train": metrics}
+    row = comparison_row("directclr", linear_eval, spectrum, history)
     assert row["training_seconds"] == pytest.approx(4.0)
     assert row[PAPER_COLUMN] == 62.7 and row["d0"] == 16
     simclr = comparison_row("simclr", {**linear_eval, "method": "simclr"},

@@ -20,7 +20,7 @@ PAPER_TOP1 = {
     "directclr": 62.7,
     "random_subset": 43.0,
 }
-PAPER_COLUMN = "paper top-1 % (ImageNet, ResNet-50)"
+PAPER_COLUMN = "paper top-1 % (ImageNet, ResNet-50; directclr: d0=360)"
 # Ranks and collapse are compared on the training split: it is the larger one, so its
 # spectrum is not cut off by the number of vectors (N - 1) before the dimension is reached.
 SPLIT = "train"
@@ -63,3 +63,19 @@ def to_markdown(table: pd.DataFrame, digits: int = 4) -> str:
     rule = "|" + "|".join("---" for _ in table.columns) + "|"
     body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(False)]
     return "\n".join([header, rule, *body]) + "\n"
+
+
+def collapse_by_d0(run: str, spectrum: dict) -> pd.DataFrame:
+    """Collapsed dimensions per kind of vectors (r, z, r[:d0], r[d0:]) on the comparison
+    split, for a run that has a d0; empty for the others."""
+    if spectrum.get("method") not in LOW_RANK_METHODS:
+        return pd.DataFrame(columns=["run", "d0", "vectors", "collapsed_dimensions"])
+    suffix = f"_{SPLIT}"
+    return pd.DataFrame(
+        [
+            {"run": run, "d0": spectrum["d0"], "vectors": key.removesuffix(suffix),
+             "collapsed_dimensions": value["collapsed_dimensions"]}
+            for key, value in spectrum.items()
+            if key.endswith(suffix) and isinstance(value, dict)
+        ]
+    )  # fmt: skip

@@ -7,7 +7,8 @@ def create_pipeline(comparison: str, runs: list[str], **kwargs) -> Pipeline:
     """The report node of ``comparison`` over the namespaced ``runs``."""
     inputs = [f"{run}.{artifact}" for run in runs for artifact in ARTIFACTS_PER_RUN]
     outputs = [f"{comparison}.comparison_table", f"{comparison}.comparison_markdown",
-               f"{comparison}.comparison_spectra_figure"]  # fmt: skip
+               f"{comparison}.comparison_spectra_figure",
+               f"{comparison}.collapse_vs_d0_figure"]  # fmt: skip
     return Pipeline(
         [
             Node(
