@@ -62,3 +62,25 @@ def test_torchrun_runs_the_kedro_pipeline_and_only_rank_zero_writes(project):
     (history,) = (project / "data/07_model_output/directclr/training_history.csv").iterdir()
     lines = (history / "training_history.csv").read_text().splitlines()
     assert len(lines) == 2 and lines[1].startswith("1,3,")  # 200 images, global batch 64
+
+
+def _rank_one_fails() -> None:
+    import torch.distributed as dist
+
+    from directclr.distributed import init_from_environment
+
+    init_from_environment("cpu", timeout_s=60)
+    if dist.get_rank() == 1:
+        raise RuntimeError("rank 1 cannot read its shard")
+    dist.barrier()  # rank 0 would wait here for ever without the job being stopped
+
+
+def test_a_failing_process_stops_the_whole_job_with_its_error():
+    import time
+
+    from directclr.distributed import spawn
+
+    start = time.monotonic()
+    with pytest.raises(Exception, match="rank 1 cannot read its shard"):
+        spawn(_rank_one_fails, 2, ())
+    assert time.monotonic() - start < 50  # stopped, not left to the 60 s collective timeout

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
+import time
+import traceback
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -102,13 +105,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _child(rank: int, world: int, port: int, fn: Callable, args: tuple) -> None:
+def _child(rank: int, world: int, port: int, errors: str, fn: Callable, args: tuple) -> None:
     os.environ.update(
         RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
     )  # fmt: skip
     try:
         fn(*args)
+    except BaseException:
+        # Record when and why this process failed: the first failure is the cause, the
+        # others (connections reset by the dead process) are its consequences.
+        with open(os.path.join(errors, f"rank{rank}.txt"), "w") as f:
+            f.write(f"{time.time()}\n{traceback.format_exc()}")
+        raise
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -117,6 +126,20 @@ def _child(rank: int, world: int, port: int, fn: Callable, args: tuple) -> None:
 def spawn(fn: Callable, processes: int, args: tuple) -> None:
     """Run ``fn(*args)`` in ``processes`` new processes forming one job on this machine.
 
-    If any process fails, the others are stopped and the error is raised here.
+    If any process fails, the others are stopped and a RuntimeError carries the error of
+    the process that failed first (the cause, not the collectives it broke).
     """
-    mp.spawn(_child, args=(processes, _free_port(), fn, args), nprocs=processes, join=True)
+    with tempfile.TemporaryDirectory() as errors:
+        try:
+            mp.spawn(_child, args=(processes, _free_port(), errors, fn, args), nprocs=processes,
+                     join=True)  # fmt: skip
+        except (mp.ProcessRaisedException, mp.ProcessExitedException) as err:
+            reports = []
+            for name in os.listdir(errors):
+                with open(os.path.join(errors, name)) as f:
+                    when, _, trace = f.read().partition("\n")
+                reports.append((float(when), name.removesuffix(".txt"), trace))
+            if not reports:
+                raise
+            _, rank, trace = min(reports)
+            raise RuntimeError(f"the training job stopped: {rank} failed first:\n{trace}") from err
