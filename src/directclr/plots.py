@@ -14,6 +14,14 @@ import seaborn as sns  # noqa: E402
 from directclr.analysis import log_spectrum  # noqa: E402
 
 
+def _finish(fig: plt.Figure, ax: plt.Axes, note: str) -> plt.Figure:
+    """Say in small print what the axes show, lay the figure out and detach it from pyplot."""
+    ax.text(0.01, 0.01, note, transform=ax.transAxes, fontsize=7, color="0.4")
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
 def spectrum_figure(
     spectra: dict[str, np.ndarray], title: str, rank_limit: int | None = None
 ) -> plt.Figure:
@@ -42,17 +50,9 @@ def spectrum_figure(
         ax.text(rank_limit, 0.98, " N - 1", transform=ax.get_xaxis_transform(), va="top",
                 fontsize=7, color="0.4")  # fmt: skip
     ax.set_title(title)
-    ax.text(
-        0.01,
-        0.01,
-        "eigenvalues of the covariance of L2-normalised vectors (zeros drawn at 1e-20)",
-        transform=ax.transAxes,
-        fontsize=7,
-        color="0.4",
+    return _finish(
+        fig, ax, "eigenvalues of the covariance of L2-normalised vectors (zeros drawn at 1e-20)"
     )
-    fig.tight_layout()
-    plt.close(fig)
-    return fig
 
 
 def training_history_figure(history: pd.DataFrame, title: str) -> plt.Figure:
@@ -175,17 +175,9 @@ def collapsed_vs_d0_figure(runs: pd.DataFrame, title: str) -> plt.Figure:
                  marker="o", ax=ax)  # fmt: skip
     ax.set_ylabel("collapsed dimensions")
     ax.set_title(title)
-    ax.text(
-        0.01,
-        0.01,
-        "collapsed: covariance eigenvalue (L2-normalised vectors) far below the largest",
-        transform=ax.transAxes,
-        fontsize=7,
-        color="0.4",
+    return _finish(
+        fig, ax, "collapsed: covariance eigenvalue (L2-normalised vectors) far below the largest"
     )
-    fig.tight_layout()
-    plt.close(fig)
-    return fig
 
 
 def alignment_figure(matrices: dict[str, np.ndarray], title: str) -> plt.Figure:
