@@ -18,12 +18,13 @@ so that no step waits on the host).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from directclr.threads import one_cpu_thread
 
 # torchvision's rgb_to_grayscale weights (ITU-R 601-2 luma).
 _LUMA = (0.2989, 0.587, 0.114)
@@ -136,26 +137,6 @@ def _compute_subsets(device: torch.device) -> bool:
     step), so every sample is computed and the result picked with ``torch.where``.
     """
     return device.type == "cpu"
-
-
-@contextmanager
-def _one_cpu_thread(device: torch.device) -> Iterator[None]:
-    """Run the engine's CPU operations on one thread, restoring the thread count after.
-
-    Each operation is small (tens to hundreds of microseconds for a batch of 256 small
-    images): splitting it across threads gains little, and when the cores are busy with other
-    work every operation waits for a descheduled helper thread. Measured on a shared 2-core
-    machine, two views of 256 took 10-30 ms on one thread and 0.1-4 s on two.
-    """
-    threads = torch.get_num_threads()
-    if device.type != "cpu" or threads == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _apply_to_rows(
@@ -404,9 +385,10 @@ def augment(
     Returns float32 in [0, 1] with the same number of channels (1 or 3), resized to ``size``
     (default: the input size). The order is SimCLR's: crop and resize, flip, colour jitter,
     grayscale, blur, solarise. The same generator state gives the same views. On CPU the
-    work runs on one thread whatever ``torch.get_num_threads()`` says (see ``_one_cpu_thread``).
+    work runs on one thread whatever ``torch.get_num_threads()`` says
+    (:func:`directclr.threads.one_cpu_thread`).
     """
-    with _one_cpu_thread(images.device):
+    with one_cpu_thread(images.device):
         return _augment(images, config.scaled(), generator, size)
 
 

@@ -22,7 +22,6 @@ clean inputs, :func:`directclr.analysis.covariance_spectrum`) is recorded during
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
 
 import numpy as np
 import pandas as pd
@@ -32,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from directclr.analysis import collapsed_dimensions, covariance_spectrum, effective_rank
 from directclr.losses import info_nce
+from directclr.threads import one_cpu_thread
 
 
 class ToyTraining(BaseModel):
@@ -87,22 +87,6 @@ class ImplicitRegularizationConfig(ToyTraining):
         if min(self.layers) < 1 or len(set(self.layers)) != len(self.layers):
             raise ValueError(f"layers must be distinct depths >= 1, got {self.layers}")
         return self
-
-
-@contextmanager
-def one_thread() -> Iterator[None]:
-    """Run torch on one thread inside the block; the thread count is restored after.
-
-    The toys' matrices are 16 x 16: splitting such work across threads only adds
-    synchronisation, and on a machine busy with other work every step then waits for a
-    descheduled thread (measured on 2 busy cores: 2.9 s on one thread, 24 s on two).
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def embed(x: torch.Tensor, weights: list[torch.Tensor]) -> torch.Tensor:
@@ -218,7 +202,7 @@ def _spectrum_rows(lam: np.ndarray, **keys) -> list[dict]:
     return [{**keys, "index": i + 1, "eigenvalue": float(v)} for i, v in enumerate(lam)]
 
 
-@one_thread()
+@one_cpu_thread()
 def strong_augmentation_run(
     noise: float, config: StrongAugmentationConfig
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
@@ -300,7 +284,7 @@ def alignment_matrix(lower: torch.Tensor, upper: torch.Tensor) -> np.ndarray:
     return (v.T @ u).abs().numpy()
 
 
-@one_thread()
+@one_cpu_thread()
 def implicit_regularization_run(
     layers: int, config: ImplicitRegularizationConfig
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict]:
