@@ -187,7 +187,8 @@ def resolve_device(name: str) -> torch.device:
 def build_model(
     config: ModelConfig, in_channels: int, mean: list[float], std: list[float], seed: int = 0
 ) -> ContrastiveModel:
-    """The model a config describes, with fresh weights drawn from ``seed``."""
+    """The model a config describes, with fresh weights drawn from ``seed``; ``config`` has
+    already checked d0 against the representation."""
     torch.manual_seed(seed)
     backbone = build_backbone(
         config.backbone,
@@ -197,14 +198,13 @@ def build_model(
         config.norm,
         config.stem,
     )
-    dim = backbone.output_dim
-    if config.method in LOW_RANK_METHODS and config.d0 > dim:
-        raise ValueError(
-            f"d0={config.d0} is larger than the representation ({dim} dimensions); "
-            f"set d0 between 1 and {dim}"
-        )
     projector = build_projector(
-        config.method, dim, config.d0, config.projector_hidden_dim, config.projector_dim, seed
+        config.method,
+        backbone.output_dim,
+        config.d0,
+        config.projector_hidden_dim,
+        config.projector_dim,
+        seed,
     )
     return ContrastiveModel(backbone, projector, mean, std)
 
@@ -446,7 +446,7 @@ def pretrain(
                     (first_bad < 0) & ~torch.isfinite(loss.detach()), step - 1, first_bad
                 )
                 if step % config.progress_every == 0 or b == steps_per_epoch - 1:
-                    flagged = [b for b in all_gather_objects(int(first_bad)) if b >= 0]
+                    flagged = [s for s in all_gather_objects(int(first_bad)) if s >= 0]
                     if flagged:
                         bad = min(flagged)
                         raise FloatingPointError(
