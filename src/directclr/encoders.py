@@ -558,9 +558,10 @@ def _fit_message(parts: _Parts, problems: list[str], config: EncoderConfig, sett
     hint = _backbone_hint(parts.backbone, config, settings)
     return (
         f"{what} of the checkpoint does not fit backbone={config.backbone}{width}, "
-        f"norm={config.norm}: {'; '.join(problems)}. {hint}"
-        f"Change {settings}backbone ({', '.join(BACKBONES)}), {settings}width (small_cnn) or "
-        f"{settings}norm (batch, group); or {settings}backbone_entry if the backbone sits under "
+        f"norm={config.norm}, stem={config.stem}: {'; '.join(problems)}. {hint}"
+        f"Change {settings}backbone ({', '.join(BACKBONES)}), {settings}width (small_cnn), "
+        f"{settings}stem (ResNets: auto, cifar, imagenet) or {settings}norm (batch, group); "
+        f"or {settings}backbone_entry if the backbone sits under "
         f"another entry of the file (entries: {_listing(parts.entries) or 'none'})"
     )
 
