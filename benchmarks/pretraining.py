@@ -40,7 +40,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from directclr.losses import info_nce
-from directclr.training import PretrainingConfig, build_model, pretrain
+from directclr.models import build_model
+from directclr.training import PretrainingConfig, pretrain
 
 sys.path.insert(0, str(Path(__file__).parent))
 from augmentation import pil_view  # noqa: E402

@@ -9,6 +9,14 @@ from directclr.data import DataConfig, prepare
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pytest_collection_modifyitems(items):
+    """Tests that run Kedro sessions on a copy of the project are ``slow``: deselect them with
+    ``pytest -m "not slow"`` for the unit tests alone."""
+    for item in items:
+        if "project" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def digits():
     """The bundled digits, split as data_prep does by default: (dataset, card)."""

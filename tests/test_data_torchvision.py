@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from directclr.data import DataConfig, expected_files, prepare
-from directclr.datasets import TorchDataset
+from directclr.framework.datasets import TorchDataset
 
 RNG = np.random.default_rng(0)
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 from kedro.io.core import DatasetError, Version
 
-from directclr.datasets import TorchDataset
+from directclr.framework.datasets import TorchDataset
 
 
 def test_round_trip_of_nested_tensors(tmp_path):

@@ -19,6 +19,7 @@ def _config(**overrides) -> PretrainingConfig:
     return PretrainingConfig(**{**settings, **overrides})
 
 
+@pytest.mark.slow  # a job of several processes
 def test_one_step_on_two_processes_equals_one_process_on_the_global_batch(digits):
     dataset, card = digits
     images, labels = dataset["train_images"][:16], dataset["train_labels"][:16]
@@ -75,6 +76,7 @@ def _rank_one_fails() -> None:
     dist.barrier()  # rank 0 would wait here for ever without the job being stopped
 
 
+@pytest.mark.slow  # a job of several processes
 def test_a_failing_process_stops_the_whole_job_with_its_error():
     import time
 

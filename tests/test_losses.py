@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from directclr.losses import InfoNCELoss, info_nce
+from directclr.losses import info_nce
 
 
 def test_info_nce_matches_hand_computed_value():
@@ -44,9 +44,9 @@ def test_info_nce_is_finite_at_low_temperature_and_large_batch():
     assert torch.isfinite(z1.grad).all()
 
 
-def test_loss_module_rejects_non_positive_temperature():
+def test_loss_rejects_non_positive_temperature_and_mismatched_views():
     with pytest.raises(ValueError, match="temperature"):
-        InfoNCELoss(0.0)
+        info_nce(torch.randn(4, 3), torch.randn(4, 3), 0.0)
     with pytest.raises(ValueError, match="same shape"):
         info_nce(torch.randn(4, 3), torch.randn(5, 3), 0.1)
 

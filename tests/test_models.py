@@ -1,26 +1,50 @@
 import pytest
 import torch
 
-from directclr.models import METHODS, build_projector
-from directclr.training import ModelConfig, build_model
+from directclr.models import ModelConfig, build_model, model_artifact, model_from_artifact
+from directclr.projectors import METHODS, build_projector, has_leading_subvector, uses_d0
 
 
 def _model(method, **kw):
-    return build_model(ModelConfig(method=method, width=4, d0=8, projector_hidden_dim=16,
-                                   projector_dim=12, **kw), 1, [0.5], [0.25])  # fmt: skip
+    d0 = {"d0": 8} if uses_d0(method) else {}
+    return build_model(ModelConfig(method=method, width=4, projector_hidden_dim=16,
+                                   projector_dim=12, **d0, **kw), 1, [0.5], [0.25])  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    ("method", "z_dim"),
-    [("simclr", 12), ("simclr_linear", 12), ("no_projector", 32), ("orthogonal", 32),
-     ("diagonal", 32), ("fixed_low_rank", 8), ("directclr", 8), ("random_subset", 8)],
-)  # fmt: skip
+Z_DIMS = {"simclr": 12, "simclr_linear": 12, "no_projector": 32, "orthogonal": 32,
+          "diagonal": 32, "fixed_low_rank": 8, "directclr": 8, "random_subset": 8}  # fmt: skip
+
+
+def test_the_size_table_below_covers_every_method():
+    assert set(Z_DIMS) == set(METHODS)
+
+
+@pytest.mark.parametrize(("method", "z_dim"), sorted(Z_DIMS.items()))
 def test_every_method_maps_r_to_z_of_the_right_size(method, z_dim):
     model = _model(method).eval()
     r, z = model(torch.rand(5, 1, 8, 8))
     assert r.shape == (5, 32)
     assert z.shape == (5, z_dim)
-    assert set(METHODS) >= {method}
+
+
+def test_d0_exists_only_for_the_methods_that_use_it():
+    assert [m for m in METHODS if uses_d0(m)] == ["fixed_low_rank", "directclr", "random_subset"]
+    assert [m for m in METHODS if has_leading_subvector(m)] == ["directclr"]
+    assert ModelConfig(method="simclr").d0 is None
+    assert ModelConfig(method="fixed_low_rank").d0 == 64
+    with pytest.raises(ValueError, match="d0=16 is set, but method no_projector has no d0"):
+        ModelConfig(method="no_projector", d0=16)
+
+
+def test_model_files_saved_with_a_d0_for_every_method_still_load():
+    model = _model("simclr")
+    artifact = model_artifact(model, ModelConfig(method="simclr", width=4, projector_hidden_dim=16,
+                                                 projector_dim=12), 1)  # fmt: skip
+    assert artifact["config"]["d0"] is None
+    artifact["config"]["d0"] = 64  # as every file written before d0 became per-method
+    again = model_from_artifact(artifact)
+    x = torch.rand(3, 1, 8, 8)
+    torch.testing.assert_close(again(x)[1], model.eval()(x)[1])
 
 
 def test_directclr_embedding_is_the_leading_subvector_of_r():
@@ -52,18 +76,13 @@ def test_random_subset_draws_a_new_subset_each_training_step():
     assert projector.eval()(r)[0].tolist() == list(range(8))
 
 
-def test_d0_larger_than_the_representation_is_rejected():
-    with pytest.raises(ValueError, match="d0=64 is larger than the representation"):
-        build_model(ModelConfig(method="directclr", width=4, d0=64), 1, [0.0], [1.0])
-
-
 def test_unknown_method_is_rejected():
     with pytest.raises(ValueError, match="method"):
         ModelConfig(method="byol")
 
 
 def test_resnet18_has_a_cifar_stem_and_a_512_d_representation():
-    from directclr.models import build_backbone, representation_dim
+    from directclr.backbones import build_backbone, representation_dim
 
     backbone = build_backbone("resnet18", in_channels=3)
     assert backbone.net.conv1.kernel_size == (3, 3) and backbone.net.conv1.stride == (1, 1)
@@ -75,7 +94,7 @@ def test_resnet18_has_a_cifar_stem_and_a_512_d_representation():
 
 
 def test_resnet50_keeps_the_imagenet_stem_and_zero_init_residual_is_an_option():
-    from directclr.models import build_backbone, representation_dim
+    from directclr.backbones import build_backbone, representation_dim
 
     backbone = build_backbone("resnet50", in_channels=3, zero_init_residual=True)
     assert backbone.net.conv1.kernel_size == (7, 7)
@@ -87,6 +106,8 @@ def test_resnet50_keeps_the_imagenet_stem_and_zero_init_residual_is_an_option():
 
 
 def test_d0_is_checked_against_the_backbone_before_building():
+    with pytest.raises(ValueError, match="d0=64 is larger than the representation"):
+        ModelConfig(method="directclr", width=4, d0=64)
     with pytest.raises(ValueError, match="d0=600 is larger than the representation"):
         ModelConfig(method="directclr", backbone="resnet18", d0=600)
     assert ModelConfig(method="directclr", backbone="resnet50", d0=600).d0 == 600

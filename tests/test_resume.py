@@ -6,6 +6,7 @@ import sys
 import textwrap
 import time
 
+import pytest
 import torch
 
 from directclr.batches import TensorBatches
@@ -48,6 +49,7 @@ def _child(tmp_path, slow: str) -> subprocess.Popen:
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+@pytest.mark.slow  # a job of several processes
 def test_killed_run_resumes_and_matches_an_uninterrupted_run(tmp_path, digits):
     dataset, card = digits
     images, labels = dataset["train_images"][:256], dataset["train_labels"][:256]

@@ -10,10 +10,10 @@ from kedro.framework.startup import bootstrap_project
 
 from tests.conftest import REPO
 
-TINY_TRAINING = {"epochs": 2, "batch_size": 128, "width": 8, "d0": 16, "warmup_epochs": 1,
+TINY_TRAINING = {"epochs": 2, "batch_size": 128, "width": 8, "warmup_epochs": 1,
                  "projector_hidden_dim": 32, "projector_dim": 16}  # fmt: skip
-TINY = {"directclr": {"pretraining": TINY_TRAINING}, "simclr": {"pretraining": TINY_TRAINING},
-        "linear_eval": {"max_iter": 300}}  # fmt: skip
+TINY = {"directclr": {"pretraining": {**TINY_TRAINING, "d0": 16}},
+        "simclr": {"pretraining": TINY_TRAINING}, "linear_eval": {"max_iter": 300}}  # fmt: skip
 
 
 def run(project: Path, **kwargs) -> None:

@@ -2,23 +2,25 @@ import pandas as pd
 import pytest
 import torch
 
+from directclr.devices import resolve_device
+from directclr.models import encode, model_artifact, model_from_artifact
 from directclr.optim import learning_rate
-from directclr.training import (
-    PretrainingConfig,
-    encode,
-    model_artifact,
-    model_from_artifact,
-    pretrain,
-    resolve_device,
-)
+from directclr.projectors import uses_d0
+from directclr.training import PretrainingConfig, pretrain
 
-TINY = dict(width=4, d0=8, epochs=2, batch_size=64, warmup_epochs=1, projector_hidden_dim=16,
+TINY = dict(width=4, epochs=2, batch_size=64, warmup_epochs=1, projector_hidden_dim=16,
             projector_dim=8)  # fmt: skip
+
+
+def tiny(**overrides) -> dict:
+    """TINY with ``overrides``; d0 = 8 for the methods that have one."""
+    settings = {**TINY, **overrides}
+    return {"d0": 8, **settings} if uses_d0(settings.get("method", "directclr")) else settings
 
 
 def _train(digits, **overrides):
     dataset, card = digits
-    config = PretrainingConfig(**{**TINY, **overrides})
+    config = PretrainingConfig(**tiny(**overrides))
     images, labels = dataset["train_images"][:256], dataset["train_labels"][:256]
     model, history, _ = pretrain(images, labels, config, card["channel_mean"], card["channel_std"])
     return model, history
@@ -54,7 +56,7 @@ def test_pretraining_records_history_and_is_deterministic(digits):
 @pytest.mark.parametrize("method", ["simclr", "directclr"])
 def test_model_artifact_round_trip_gives_the_same_outputs(digits, method):
     model, _ = _train(digits, method=method, epochs=1)
-    config = PretrainingConfig(**{**TINY, "method": method})
+    config = PretrainingConfig(**tiny(method=method))
     artifact = model_artifact(model, config, in_channels=1)
     rebuilt = model_from_artifact(artifact)
     images = digits[0]["test_images"][:50]
@@ -121,7 +123,7 @@ def test_training_is_silent_on_stderr_when_not_a_terminal(digits, capfd):
 
 def test_spectrum_history_is_long_format(digits):
     dataset, card = digits
-    config = PretrainingConfig(**{**TINY, "rank_every": 1})
+    config = PretrainingConfig(**tiny(rank_every=1))
     _, history, spectra = pretrain(dataset["train_images"][:256], dataset["train_labels"][:256],
                                    config, card["channel_mean"], card["channel_std"])  # fmt: skip
     assert list(spectra.columns) == ["epoch", "step", "vectors", "index", "eigenvalue"]
@@ -143,7 +145,7 @@ def test_unlabelled_images_train_the_backbone_but_not_the_probe(digits):
     source = training_batches(stl_like, batch_size=64, seed=0)
     assert source.num_images == 256 and source.num_classes == 10
     assert int((source.labels == -1).sum()) == 128
-    config = PretrainingConfig(**{**TINY, "epochs": 1})
+    config = PretrainingConfig(**tiny(epochs=1))
     _, history, _ = pretrain(source, None, config, card["channel_mean"], card["channel_std"])
     assert history["step"].tolist() == [4]
     assert 0 <= history["online_probe_accuracy"].iloc[0] <= 1

@@ -7,8 +7,10 @@ directory holds either the old complete checkpoint or the new complete one.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,40 @@ from typing import Any
 import torch
 
 logger = logging.getLogger(__name__)
+
+_REFUSED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+
+
+class RefusedFileError(RuntimeError):
+    """A torch file that cannot be read safely: corrupt, or needing arbitrary unpickling."""
+
+
+def safe_load(file: str | os.PathLike | io.BytesIO, name: str) -> Any:
+    """``torch.load(weights_only=True)`` on CPU, for tensors, numbers, strings, lists and
+    dicts only. A file that needs more (a pickled object, whose loading could run any code)
+    or is damaged raises :class:`RefusedFileError` naming what was refused and what to do;
+    the way around the safety check is never suggested."""
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for a refused or broken file
+        refused = _REFUSED_GLOBAL.search(str(err))
+        if refused:
+            message = (
+                f"{name} is not a weights-only torch file: it holds a pickled Python object "
+                f"({refused.group(1)}), and loading such objects could run arbitrary code, so "
+                f"it is refused. Save the tensors alone (torch.save(model.state_dict(), path)) "
+                f"and use that file"
+            )
+        else:
+            reason = str(err).strip().splitlines()[-1] if str(err).strip() else ""
+            reason = reason if "weights_only" not in reason else ""
+            detail = f" ({err.__class__.__name__}{': ' + reason if reason else ''})"
+            message = (
+                f"{name} is not a weights-only torch file{detail}; it may be truncated, "
+                f"corrupt or from another program. Write it again (or restore it), then run "
+                f"again"
+            )
+        raise RefusedFileError(message) from None
 
 
 class CheckpointStore:
@@ -48,12 +84,12 @@ class CheckpointStore:
         if not path.exists():
             return None
         try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # a foreign or damaged file must not be unpickled
-            raise RuntimeError(
-                f"checkpoint {path} cannot be loaded safely ({err.__class__.__name__}); "
-                f"delete it to start this run afresh, or set resume=false"
-            ) from err
+            return safe_load(path, f"checkpoint {path}")
+        except RefusedFileError as err:
+            raise RefusedFileError(
+                f"{err}. To train this run afresh instead, delete the checkpoint or set "
+                f"resume=false"
+            ) from None
 
     def __repr__(self) -> str:
         return f"CheckpointStore({str(self.directory)!r})"

@@ -6,7 +6,7 @@ import math
 
 import pandas as pd
 
-from directclr.models import LOW_RANK_METHODS
+from directclr.projectors import uses_d0
 
 # Linear-probe top-1 (%) from Jing et al. (ICLR 2022): ResNet-50, ImageNet, 100 epochs.
 # Table 1 and Table 2; random_subset is the Appendix F control.
@@ -34,7 +34,8 @@ def comparison_row(
     return {
         "run": run,
         "method": method,
-        "d0": linear_eval.get("d0") if method in LOW_RANK_METHODS else None,
+        # Metrics written before d0 became per-method carry one for every method.
+        "d0": linear_eval.get("d0") if uses_d0(method or "") else None,
         "linear_probe_top1_r": linear_eval["linear_probe_accuracy_r"],
         "linear_probe_top1_z": linear_eval["linear_probe_accuracy_z"],
         "knn_top1_r": linear_eval.get("knn_accuracy_r"),
@@ -68,7 +69,7 @@ def to_markdown(table: pd.DataFrame, digits: int = 4) -> str:
 def collapse_by_d0(run: str, spectrum: dict) -> pd.DataFrame:
     """Collapsed dimensions per kind of vectors (r, z, r[:d0], r[d0:]) on the comparison
     split, for a run that has a d0; empty for the others."""
-    if spectrum.get("method") not in LOW_RANK_METHODS:
+    if not uses_d0(spectrum.get("method", "")):
         return pd.DataFrame(columns=["run", "d0", "vectors", "collapsed_dimensions"])
     suffix = f"_{SPLIT}"
     return pd.DataFrame(

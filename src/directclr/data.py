@@ -589,6 +589,11 @@ def prepare_image_folder(config: DataConfig) -> tuple[dict[str, Any], dict[str, 
     size = config.image_size or DEFAULT_FOLDER_IMAGE_SIZE
     layout = scan_layout(root)
     classes = layout["classes"]
+    if len(classes) < 2:
+        raise ValueError(
+            f"image_folder: {root} has one class ({classes[0]}); the linear probe and kNN need "
+            f"at least two. Put each class's images in a sub-folder of {root} named after it"
+        )
     for path in layout["ignored_files"]:
         logger.warning(
             "image_folder: %s is not an image file (%s); ignored", path, ", ".join(IMAGE_EXTENSIONS)
@@ -759,7 +764,27 @@ def materialize(
 
 
 def prepare(config: DataConfig) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The dataset artifact for ``config.source`` and the dataset card that describes it."""
+    """The dataset artifact for ``config.source`` and the dataset card that describes it.
+
+    A dataset whose training split has fewer than two classes is refused: linear evaluation
+    could not run on it, and would only say so after pretraining.
+    """
     if config.source == "image_folder":
-        return prepare_image_folder(config)
-    return prepare_in_memory(config)
+        dataset, card = prepare_image_folder(config)
+    else:
+        dataset, card = prepare_in_memory(config)
+    present = [name for name, n in card["counts_per_class"]["train"].items() if n > 0]
+    if len(present) < 2:
+        raise ValueError(
+            f"{config.source}: the training split has {len(present)} class(es) "
+            f"({', '.join(present) or 'none'}); the linear probe needs at least two. Raise "
+            f"data_prep.max_samples or use data with more classes"
+        )
+    return dataset, card
+
+
+def pretraining_images(card: dict[str, Any]) -> int:
+    """How many images pretraining draws its batches from: the train split, plus STL-10's
+    unlabeled split when the dataset has one (see :func:`directclr.batches.training_batches`)."""
+    counts = card["counts"]
+    return int(counts.get("train", 0)) + int(counts.get("unlabeled", 0))

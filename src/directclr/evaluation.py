@@ -132,7 +132,11 @@ def knn_accuracy(
     train_y = torch.as_tensor(np.asarray(train_y), dtype=torch.long)
     test_y = torch.as_tensor(np.asarray(test_y), dtype=torch.long)
     classes = int(max(train_y.max(), test_y.max())) + 1
-    k = min(k, len(train))
+    if k > len(train):
+        raise ValueError(
+            f"knn_k={k} is larger than the {len(train)} training vectors the kNN probe votes "
+            f"with; set knn_k to at most {len(train)}"
+        )
     correct = 0
     for start in range(0, len(test), chunk):
         similarity = test[start : start + chunk] @ train.T

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 
 def info_nce(
@@ -27,6 +26,8 @@ def info_nce(
     against all 2N candidates: one process's share of a loss over a batch gathered from
     several processes. The mean of the shares over equal shards is the full loss.
     """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
     if z1.shape != z2.shape:
         raise ValueError(f"the two views must have the same shape, got {z1.shape} and {z2.shape}")
     n = z1.shape[0]
@@ -38,16 +39,3 @@ def info_nce(
     logits[torch.arange(len(rows), device=u.device), rows] = float("-inf")
     positives = torch.cat([pairs + n, pairs])
     return F.cross_entropy(logits, positives)
-
-
-class InfoNCELoss(nn.Module):
-    """Module form of :func:`info_nce` with a fixed temperature."""
-
-    def __init__(self, temperature: float = 0.1) -> None:
-        super().__init__()
-        if temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {temperature}")
-        self.temperature = temperature
-
-    def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
-        return info_nce(z1, z2, self.temperature)

@@ -1,244 +1,70 @@
-"""Backbones, projectors and the contrastive model: how the embedding z is made from r.
+"""The contrastive model: its config, construction, saving and loading.
 
-A *method* (the paper's table rows) is nothing but a projector: the module that maps the
-representation r to the embedding z the InfoNCE loss sees.
+A model is input normalisation, a backbone (images -> representation r, see
+:mod:`directclr.backbones`) and a projector (r -> embedding z, see
+:mod:`directclr.projectors`). :class:`ModelConfig` says everything needed to rebuild it;
+:func:`model_artifact` and :func:`model_from_artifact` are the one pair that saves and
+reloads it as a weights-only dict, so inference and checkpoint import never pass through
+training code.
 """
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from collections.abc import Iterable
+from typing import Any
 
 import torch
-import torchvision
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
-Method = Literal[
-    "simclr",
-    "simclr_linear",
-    "no_projector",
-    "orthogonal",
-    "diagonal",
-    "fixed_low_rank",
-    "directclr",
-    "random_subset",
-]
-METHODS: tuple[str, ...] = get_args(Method)
-# Methods whose embedding is d0-dimensional, so d0 must fit in the representation.
-LOW_RANK_METHODS = ("directclr", "fixed_low_rank", "random_subset")
-Backbone = Literal["small_cnn", "resnet18", "resnet50"]
-Stem = Literal["auto", "cifar", "imagenet"]
-BACKBONES: tuple[str, ...] = get_args(Backbone)
+from directclr.backbones import Backbone, Norm, Stem, build_backbone, representation_dim
+from directclr.devices import resolve_device
+from directclr.projectors import DEFAULT_D0, METHODS, Method, build_projector, uses_d0
 
 
-def norm_layer(kind: str, channels: int) -> nn.Module:
-    """BatchNorm2d, or GroupNorm with groups of (at most) 8 channels."""
-    if kind == "batch":
-        return nn.BatchNorm2d(channels)
-    if kind == "group":
-        return nn.GroupNorm(max(1, channels // 8), channels)
-    raise ValueError(f"unknown norm {kind!r}; choose batch or group")
+class ModelConfig(BaseModel):
+    """Architecture: everything needed to rebuild the model from its state dict.
 
-
-class SmallCNN(nn.Module):
-    """A four-block conv net for images of up to 32 px (digits, MNIST, CIFAR).
-
-    conv3x3-norm-ReLU blocks of width w, 2w, 4w, 8w with 2x2 max-pooling after the second
-    and third block, then global average pooling: the representation has 8w dimensions.
-    ``norm`` is ``batch`` (BatchNorm) or ``group`` (GroupNorm: no batch statistics, so a
-    sample's representation does not depend on the rest of its batch).
+    ``d0`` exists only for the methods that use it (:func:`~directclr.projectors.uses_d0`):
+    it defaults to 64 there and is ``None`` for every other method.
     """
 
-    def __init__(self, in_channels: int = 1, width: int = 64, norm: str = "batch") -> None:
-        super().__init__()
+    model_config = ConfigDict(extra="forbid")
 
-        def block(cin: int, cout: int) -> list[nn.Module]:
-            return [
-                nn.Conv2d(cin, cout, 3, padding=1, bias=False),
-                norm_layer(norm, cout),
-                nn.ReLU(inplace=True),
-            ]
+    method: Method = "directclr"
+    backbone: Backbone = "small_cnn"
+    width: int = Field(64, ge=1, description="channels of small_cnn's first block (r: 8*width)")
+    zero_init_residual: bool = Field(False, description="ResNets: last BN of each block at 0")
+    norm: Norm = Field("batch", description="backbone normalisation; group has no batch statistics")
+    stem: Stem = Field(
+        "auto",
+        description="ResNets: auto (resnet18 CIFAR stem, resnet50 ImageNet), cifar, imagenet",
+    )
+    d0: int | None = Field(
+        None, ge=1, description="embedding size of directclr, fixed_low_rank and random_subset"
+    )
+    projector_hidden_dim: int = Field(512, ge=1)
+    projector_dim: int = Field(128, ge=1)
 
-        self.features = nn.Sequential(
-            *block(in_channels, width),
-            *block(width, 2 * width),
-            nn.MaxPool2d(2),
-            *block(2 * width, 4 * width),
-            nn.MaxPool2d(2),
-            *block(4 * width, 8 * width),
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(),
-        )
-        self.output_dim = 8 * width
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x)
-
-
-class MLPProjector(nn.Module):
-    """SimCLR's projector: Linear-BN-ReLU-Linear-BN."""
-
-    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int) -> None:
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Linear(in_dim, hidden_dim, bias=False),
-            nn.BatchNorm1d(hidden_dim),
-            nn.ReLU(inplace=True),
-            nn.Linear(hidden_dim, out_dim, bias=False),
-            nn.BatchNorm1d(out_dim),
-        )
-
-    def forward(self, r: torch.Tensor) -> torch.Tensor:
-        return self.net(r)
-
-
-class DiagonalProjector(nn.Module):
-    """z = r * d with a trainable vector d (a diagonal matrix; Prop. 1 of the paper)."""
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.scale = nn.Parameter(torch.ones(dim))
-
-    def forward(self, r: torch.Tensor) -> torch.Tensor:
-        return r * self.scale
-
-
-class FixedLowRankProjector(nn.Module):
-    """z = Q^T r with a fixed random Q of d0 orthonormal columns (Prop. 2 of the paper).
-
-    Under cosine similarity this is the same as the rank-d0 projection matrix Q Q^T.
-    """
-
-    def __init__(self, dim: int, d0: int, seed: int) -> None:
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        q, _ = torch.linalg.qr(torch.randn(dim, d0, generator=g))
-        self.register_buffer("basis", q)
-
-    def forward(self, r: torch.Tensor) -> torch.Tensor:
-        return r @ self.basis
-
-
-class LeadingSubvector(nn.Module):
-    """DirectCLR: z = r[:, :d0], a fixed low-rank diagonal projector with no parameters."""
-
-    def __init__(self, d0: int) -> None:
-        super().__init__()
-        self.d0 = d0
-
-    def forward(self, r: torch.Tensor) -> torch.Tensor:
-        return r[:, : self.d0]
-
-
-class RandomSubvector(nn.Module):
-    """The Appendix F control: a fresh random d0-subset of r at every training step.
-
-    Outside training (export, analysis) it returns the leading d0 coordinates, so the
-    exported z is deterministic.
-    """
-
-    def __init__(self, d0: int, seed: int) -> None:
-        super().__init__()
-        self.d0 = d0
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def forward(self, r: torch.Tensor) -> torch.Tensor:
-        if not self.training:
-            return r[:, : self.d0]
-        index = torch.randperm(r.shape[1], generator=self.generator)[: self.d0]
-        return r[:, index.to(r.device)]
-
-
-class ResNetBackbone(nn.Module):
-    """A torchvision ResNet without its classifier: the representation is the pooled features.
-
-    ``cifar_stem`` replaces the 7x7 stride-2 stem and its max-pool with a 3x3 stride-1 conv,
-    the usual choice for 32-96 px images. ``zero_init_residual`` starts every residual block
-    as the identity (its last BN's scale at zero).
-    """
-
-    def __init__(
-        self,
-        depth: int,
-        in_channels: int,
-        cifar_stem: bool,
-        zero_init_residual: bool,
-        norm: str = "batch",
-    ) -> None:
-        super().__init__()
-        factory = {18: torchvision.models.resnet18, 50: torchvision.models.resnet50}[depth]
-        net = factory(
-            weights=None,
-            zero_init_residual=zero_init_residual,
-            norm_layer=lambda channels: norm_layer(norm, channels),
-        )
-        if cifar_stem:
-            net.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
-            net.maxpool = nn.Identity()
-        elif in_channels != 3:
-            net.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
-        self.output_dim = net.fc.in_features
-        net.fc = nn.Identity()
-        self.net = net
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-
-def representation_dim(backbone: str, width: int) -> int:
-    """Size of r for a backbone, known before building it."""
-    if backbone == "small_cnn":
-        return 8 * width
-    if backbone == "resnet18":
-        return 512
-    if backbone == "resnet50":
-        return 2048
-    raise ValueError(f"unknown backbone {backbone!r}; choose one of {BACKBONES}")
-
-
-def build_backbone(
-    name: str,
-    in_channels: int,
-    width: int = 64,
-    zero_init_residual: bool = False,
-    norm: str = "batch",
-    stem: str = "auto",
-) -> nn.Module:
-    """``small_cnn`` (up to 32 px), ``resnet18`` or ``resnet50`` from torchvision.
-
-    ``stem="auto"`` gives resnet18 the CIFAR stem (3x3 conv, stride 1, no max-pool; for
-    32-96 px) and resnet50 torchvision's ImageNet stem (7x7 stride-2 conv and max-pool);
-    ``cifar`` or ``imagenet`` chooses explicitly (for example to read torchvision's own
-    ImageNet ResNet-18)."""
-    if name == "small_cnn":
-        return SmallCNN(in_channels, width, norm)
-    if name == "resnet18":
-        return ResNetBackbone(18, in_channels, stem != "imagenet", zero_init_residual, norm)
-    if name == "resnet50":
-        return ResNetBackbone(50, in_channels, stem == "cifar", zero_init_residual, norm)
-    raise ValueError(f"unknown backbone {name!r}; choose one of {BACKBONES}")
-
-
-def build_projector(
-    method: str, dim: int, d0: int, hidden_dim: int, out_dim: int, seed: int
-) -> nn.Module:
-    """The projector that turns a ``dim``-dimensional r into z for ``method``."""
-    if method == "simclr":
-        return MLPProjector(dim, hidden_dim, out_dim)
-    if method == "simclr_linear":
-        return nn.Linear(dim, out_dim, bias=False)
-    if method == "no_projector":
-        return nn.Identity()
-    if method == "orthogonal":
-        return nn.utils.parametrizations.orthogonal(nn.Linear(dim, dim, bias=False))
-    if method == "diagonal":
-        return DiagonalProjector(dim)
-    if method == "fixed_low_rank":
-        return FixedLowRankProjector(dim, d0, seed)
-    if method == "directclr":
-        return LeadingSubvector(d0)
-    if method == "random_subset":
-        return RandomSubvector(d0, seed)
-    raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+    @model_validator(mode="after")
+    def _check_d0(self) -> ModelConfig:
+        if not uses_d0(self.method):
+            if self.d0 is not None:
+                users = ", ".join(m for m in METHODS if uses_d0(m))
+                raise ValueError(
+                    f"d0={self.d0} is set, but method {self.method} has no d0 (only {users} "
+                    f"do); remove d0 from this run's settings"
+                )
+            return self
+        if self.d0 is None:
+            self.d0 = DEFAULT_D0
+        dim = representation_dim(self.backbone, self.width)
+        if self.d0 > dim:
+            raise ValueError(
+                f"d0={self.d0} is larger than the representation ({dim} dimensions for "
+                f"backbone {self.backbone}); set d0 between 1 and {dim}"
+            )
+        return self
 
 
 class ContrastiveModel(nn.Module):
@@ -267,3 +93,83 @@ class ContrastiveModel(nn.Module):
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         r = self.representation(images)
         return r, self.projector(r)
+
+
+def build_model(
+    config: ModelConfig, in_channels: int, mean: list[float], std: list[float], seed: int = 0
+) -> ContrastiveModel:
+    """The model a config describes, with fresh weights drawn from ``seed``."""
+    torch.manual_seed(seed)
+    backbone = build_backbone(
+        config.backbone,
+        in_channels,
+        config.width,
+        config.zero_init_residual,
+        config.norm,
+        config.stem,
+    )
+    projector = build_projector(
+        config.method,
+        backbone.output_dim,
+        config.d0,
+        config.projector_hidden_dim,
+        config.projector_dim,
+        seed,
+    )
+    return ContrastiveModel(backbone, projector, mean, std)
+
+
+def model_artifact(model: ContrastiveModel, config: ModelConfig, in_channels: int) -> dict:
+    """A weights-only-loadable dict: the architecture config and the state dict.
+
+    ``config`` may be any config that extends :class:`ModelConfig` (the training settings):
+    only the architecture is kept.
+    """
+    architecture = ModelConfig.model_validate(
+        config.model_dump(include=set(ModelConfig.model_fields))
+    )
+    return {
+        "config": architecture.model_dump(),
+        "in_channels": in_channels,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+
+
+def artifact_config(artifact: dict[str, Any]) -> ModelConfig:
+    """The architecture of a saved model. Files written before d0 became per-method carry
+    d0 for every method; for a method without one it is dropped here, so they still load."""
+    config = dict(artifact["config"])
+    if not uses_d0(config.get("method", "directclr")):
+        config.pop("d0", None)
+    return ModelConfig.model_validate(config)
+
+
+def model_from_artifact(artifact: dict[str, Any]) -> ContrastiveModel:
+    """Rebuild a frozen model from :func:`model_artifact`'s dict."""
+    config = artifact_config(artifact)
+    channels = int(artifact["in_channels"])
+    model = build_model(config, channels, [0.0] * channels, [1.0] * channels)
+    model.load_state_dict(artifact["state_dict"])
+    return model.eval()
+
+
+@torch.no_grad()
+def encode(
+    model: ContrastiveModel,
+    images: torch.Tensor | Iterable[torch.Tensor],
+    batch_size: int = 1024,
+    device: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Representations r and embeddings z with the frozen model, of uint8 ``images`` (a
+    tensor, cut into batches of ``batch_size``, or any iterable of uint8 batches)."""
+    target = resolve_device(device)
+    model = model.to(target).eval()
+    if isinstance(images, torch.Tensor):
+        images = images.split(batch_size)
+    rs, zs = [], []
+    for batch in images:
+        r, z = model(batch.to(target).float() / 255)
+        rs.append(r.float().cpu())
+        zs.append(z.float().cpu())
+    model.cpu()
+    return torch.cat(rs), torch.cat(zs)

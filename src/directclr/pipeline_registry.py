@@ -14,6 +14,7 @@ a run there adds a namespace with no code change.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -40,7 +41,6 @@ MODEL_STAGES = {
 }
 SHARED_INPUTS = {"dataset", "dataset_card"}
 SHARED_PARAMETERS = {
-    "params:recipe": "params:pretraining",
     "params:embeddings": "params:embeddings",
     "params:spectrum": "params:spectrum",
     "params:linear_eval": "params:linear_eval",
@@ -87,11 +87,15 @@ def comparison_pipeline(name: str, runs: list[str]) -> Pipeline:
 
 
 def configured_comparisons(conf_source: Path | None = None) -> dict[str, list[str]]:
-    """The runs of each comparison, as configured in the project's parameters."""
+    """The runs of each comparison, as configured in the project's parameters of the
+    environment named by ``KEDRO_ENV`` (Kedro registers pipelines before it knows a run's
+    ``--env``; a run whose ``--env`` lists other runs is stopped by the project's hook)."""
     source = conf_source or Path.cwd() / settings.CONF_SOURCE
     if not source.is_dir():
         return {}
-    loader = settings.CONFIG_LOADER_CLASS(conf_source=str(source), **settings.CONFIG_LOADER_ARGS)
+    loader = settings.CONFIG_LOADER_CLASS(
+        conf_source=str(source), env=os.environ.get("KEDRO_ENV"), **settings.CONFIG_LOADER_ARGS
+    )
     params = loader["parameters"]
     return {name: list(params[name]) for name in COMPARISONS if params.get(name)}
 

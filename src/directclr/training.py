@@ -13,19 +13,20 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterable
 from contextlib import nullcontext
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, ValidationError, model_validator
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -33,6 +34,7 @@ from directclr.analysis import covariance_spectrum, effective_rank
 from directclr.augment import TwoViewAugmentation, augment
 from directclr.batches import BatchSource, TensorBatches, source_from_spec
 from directclr.checkpoints import CheckpointStore
+from directclr.devices import DeviceSetting, WorkersSetting, resolve_device, use_bf16
 from directclr.distributed import (
     all_gather_objects,
     all_sum,
@@ -44,16 +46,7 @@ from directclr.distributed import (
     spawn,
 )
 from directclr.losses import info_nce
-from directclr.models import (
-    LOW_RANK_METHODS,
-    Backbone,
-    ContrastiveModel,
-    Method,
-    Stem,
-    build_backbone,
-    build_projector,
-    representation_dim,
-)
+from directclr.models import ContrastiveModel, ModelConfig, build_model
 from directclr.optim import build_optimizer, learning_rate, scaled_lr
 
 logger = logging.getLogger(__name__)
@@ -64,37 +57,6 @@ EXECUTION_SETTINGS = {
     "device", "checkpoint_every", "resume", "progress_every", "num_workers", "devices",
     "dist_timeout_s",
 }  # fmt: skip
-
-
-class ModelConfig(BaseModel):
-    """Architecture: everything needed to rebuild the model from its state dict."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    method: Method = "directclr"
-    backbone: Backbone = "small_cnn"
-    width: int = Field(64, ge=1, description="channels of small_cnn's first block (r: 8*width)")
-    zero_init_residual: bool = Field(False, description="ResNets: last BN of each block at 0")
-    norm: Literal["batch", "group"] = Field(
-        "batch", description="backbone normalisation; group has no batch statistics"
-    )
-    stem: Stem = Field(
-        "auto",
-        description="ResNets: auto (resnet18 CIFAR stem, resnet50 ImageNet), cifar, imagenet",
-    )
-    d0: int = Field(64, ge=1, description="embedding size for directclr and the low-rank rows")
-    projector_hidden_dim: int = Field(512, ge=1)
-    projector_dim: int = Field(128, ge=1)
-
-    @model_validator(mode="after")
-    def _check_d0(self) -> ModelConfig:
-        dim = representation_dim(self.backbone, self.width)
-        if self.method in LOW_RANK_METHODS and self.d0 > dim:
-            raise ValueError(
-                f"d0={self.d0} is larger than the representation ({dim} dimensions for "
-                f"backbone {self.backbone}); set d0 between 1 and {dim}"
-            )
-        return self
 
 
 class PretrainingConfig(ModelConfig):
@@ -112,7 +74,7 @@ class PretrainingConfig(ModelConfig):
     warmup_epochs: int = Field(2, ge=0)
     temperature: float = Field(0.1, gt=0)
     seed: int = 0
-    device: str = "auto"
+    device: DeviceSetting = "auto"
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="auto: bf16 autocast on CUDA GPUs that support it, else fp32"
     )
@@ -122,16 +84,20 @@ class PretrainingConfig(ModelConfig):
     checkpoint_every: int = Field(1, ge=1, description="epochs between checkpoints")
     resume: bool = Field(True, description="continue from this run's checkpoint if there is one")
     progress_every: int = Field(20, ge=1, description="steps between progress-bar updates")
-    num_workers: int = Field(2, ge=0, description="DataLoader workers decoding an image folder")
+    num_workers: WorkersSetting = 2
     devices: int = Field(
         1, ge=1, description="processes to train on (one per GPU; gloo on CPU); torchrun overrides"
     )
     dist_timeout_s: float = Field(600, gt=0, description="a stuck collective fails after this")
 
     @model_validator(mode="after")
-    def _check_device(self) -> PretrainingConfig:
-        if self.device != "auto":
-            resolve_device(self.device)
+    def _check_run(self) -> PretrainingConfig:
+        if self.warmup_epochs > self.epochs:
+            raise ValueError(
+                f"warmup_epochs={self.warmup_epochs} is longer than the run (epochs="
+                f"{self.epochs}): the learning rate would never reach lr; set warmup_epochs "
+                f"to at most epochs"
+            )
         if self.batch_size % self.devices:
             raise ValueError(
                 f"batch_size={self.batch_size} must split evenly over devices={self.devices}"
@@ -147,6 +113,10 @@ class PretrainingConfig(ModelConfig):
         return self
 
 
+class SettingsError(ValueError):
+    """A run's settings are invalid; the message names each bad setting as the user wrote it."""
+
+
 def merge_settings(recipe: dict, overrides: dict | None) -> dict:
     """``recipe`` with ``overrides`` laid over it, nested dicts merged key by key."""
     merged = dict(recipe)
@@ -158,55 +128,36 @@ def merge_settings(recipe: dict, overrides: dict | None) -> dict:
     return merged
 
 
-def run_config(recipe: dict, overrides: dict | None) -> PretrainingConfig:
-    """A run's validated settings: the shared training recipe plus the run's own changes."""
-    return PretrainingConfig.model_validate(merge_settings(recipe, overrides))
+def _set_in(settings: dict | None, path: tuple) -> bool:
+    value: Any = settings
+    for part in path:
+        if not isinstance(value, dict) or part not in value:
+            return False
+        value = value[part]
+    return True
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA, then Apple MPS, then CPU; an explicit device must be present."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
+def run_settings(recipe: dict, overrides: dict | None, run: str = "") -> PretrainingConfig:
+    """A run's settings: the shared ``pretraining`` recipe with the run's own changes
+    (``<run>.pretraining``) laid over it, merged and validated here, once.
+
+    A bad value is reported under the name the user set it by: ``<run>.pretraining.lr`` if
+    the run sets it, ``pretraining.lr`` if it comes from the shared recipe.
+    """
     try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise ValueError(f"device {name!r} is not a torch device; use auto, cpu or cuda") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for, but no CUDA GPU is present; use auto or cpu")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(
-            f"device {name!r} asked for, but Apple MPS is not present; use auto or cpu"
-        )
-    return device
-
-
-def build_model(
-    config: ModelConfig, in_channels: int, mean: list[float], std: list[float], seed: int = 0
-) -> ContrastiveModel:
-    """The model a config describes, with fresh weights drawn from ``seed``; ``config`` has
-    already checked d0 against the representation."""
-    torch.manual_seed(seed)
-    backbone = build_backbone(
-        config.backbone,
-        in_channels,
-        config.width,
-        config.zero_init_residual,
-        config.norm,
-        config.stem,
-    )
-    projector = build_projector(
-        config.method,
-        backbone.output_dim,
-        config.d0,
-        config.projector_hidden_dim,
-        config.projector_dim,
-        seed,
-    )
-    return ContrastiveModel(backbone, projector, mean, std)
+        return PretrainingConfig.model_validate(merge_settings(recipe, overrides))
+    except ValidationError as err:
+        problems = []
+        for error in err.errors():
+            path = tuple(str(p) for p in error["loc"])
+            message = error["msg"].removeprefix("Value error, ")
+            if not path:
+                problems.append(f"{run or 'the run'}: {message}")
+                continue
+            owner = f"{run}.pretraining" if run and _set_in(overrides, path) else "pretraining"
+            problems.append(f"{owner}.{'.'.join(path)}: {message}")
+        where = f" of run {run!r}" if run else ""
+        raise SettingsError(f"invalid pretraining settings{where}: {'; '.join(problems)}") from None
 
 
 def run_key(config: PretrainingConfig, data_fingerprint: str, world: int = 1) -> str:
@@ -220,19 +171,118 @@ def run_key(config: PretrainingConfig, data_fingerprint: str, world: int = 1) ->
     return f"{config.method}-{h.hexdigest()[:16]}"
 
 
-def _use_bf16(config: PretrainingConfig, device: torch.device) -> bool:
-    if config.precision == "bf16":
-        return True
-    return config.precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
+# ---------------------------------------------------------------------------------------------
+# Checks that stop a run producing garbage
+
+
+def first_non_finite(tensors: dict[str, torch.Tensor]) -> str | None:
+    """The name of the first floating-point tensor holding a NaN or an infinity, or None."""
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return name
+    return None
+
+
+def check_finite_state(model: nn.Module, probe: nn.Module, step: int, lr: float) -> None:
+    """Stop the run if any parameter or buffer (BatchNorm's running statistics included) is
+    no longer finite: such a model maps every image to the same or to no representation."""
+    for prefix, module in (("model", model), ("online probe", probe)):
+        bad = first_non_finite(module.state_dict())
+        if bad is not None:
+            raise FloatingPointError(
+                f"{prefix} tensor {bad} became non-finite by step {step} (lr {lr:.3g}); the last "
+                f"checkpoint is kept and this state is not saved. Lower lr, use adamw or lars, "
+                f"or set precision=fp32, then run again"
+            )
+
+
+def check_not_constant(r: torch.Tensor, step: int, lr: float) -> None:
+    """Stop the run if the representation of the fixed probe batch no longer varies: its total
+    variance below 1e-8 of its mean squared norm (or not finite) is a model that has collapsed
+    to a constant, whatever its loss says."""
+    r = r.double()
+    variance = float(r.var(0, unbiased=False).sum())
+    squared_norm = float((r * r).sum(1).mean())
+    if not math.isfinite(variance) or variance <= 1e-8 * squared_norm:
+        raise FloatingPointError(
+            f"the representation collapsed to a constant by step {step} (lr {lr:.3g}): its "
+            f"variance over the probe batch is {variance:.3g} against a mean squared norm of "
+            f"{squared_norm:.3g}; the last checkpoint is kept and this state is not saved. "
+            f"Lower lr or raise temperature, then run again"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# The training state and its checkpoint
+
+
+@dataclass
+class TrainingState:
+    """Everything training changes and a checkpoint keeps. :meth:`checkpoint` and
+    :meth:`restore` are the one pair that writes and reads it."""
+
+    model: ContrastiveModel
+    probe: nn.Linear
+    optimizer: torch.optim.Optimizer
+    probe_optimizer: torch.optim.Optimizer
+    source: BatchSource
+    augment_rng: torch.Generator
+    history: list[dict] = field(default_factory=list)
+    spectra: list[dict] = field(default_factory=list)
+    epoch: int = 0
+
+    @property
+    def projector_rng(self) -> torch.Generator | None:
+        return getattr(self.model.projector, "generator", None)
+
+    def checkpoint(self, key: str, augment_states: list[torch.Tensor]) -> dict[str, Any]:
+        """A weights-only dict of the state; ``augment_states`` holds every process's
+        augmentation generator, in rank order."""
+        projector_rng = self.projector_rng
+        return {
+            "key": key,
+            "epoch": self.epoch,
+            "model": self.model.state_dict(),
+            "probe": self.probe.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "probe_optimizer": self.probe_optimizer.state_dict(),
+            "source": self.source.state(),
+            "augment_rng": augment_states,
+            "projector_rng": projector_rng.get_state() if projector_rng else None,
+            "history": self.history,
+            "spectra": self.spectra,
+        }
+
+    def restore(self, state: dict[str, Any], rank: int, where: str) -> None:
+        """Continue from :meth:`checkpoint`'s dict, after checking that it is finite: a
+        checkpoint holding NaN or infinity (``where`` names it) is never reused."""
+        bad = first_non_finite(state["model"]) or first_non_finite(state["probe"])
+        if bad is not None:
+            raise FloatingPointError(
+                f"the checkpoint {where} holds non-finite values ({bad}, saved after epoch "
+                f"{state['epoch']}) and is not reused; delete it, or set resume=false to train "
+                f"this run afresh"
+            )
+        self.model.load_state_dict(state["model"])
+        self.probe.load_state_dict(state["probe"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.probe_optimizer.load_state_dict(state["probe_optimizer"])
+        self.source.set_state(state["source"])
+        self.augment_rng.set_state(state["augment_rng"][rank])
+        if self.projector_rng is not None:
+            self.projector_rng.set_state(state["projector_rng"])
+        self.history, self.spectra, self.epoch = state["history"], state["spectra"], state["epoch"]
 
 
 @torch.no_grad()
-def _probe_spectra(model: ContrastiveModel, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+def _probe_representation(
+    model: ContrastiveModel, images: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     was_training = model.training
     model.eval()
     r, z = model(images.float() / 255)
     model.train(was_training)
-    return covariance_spectrum(r.float().cpu()), covariance_spectrum(z.float().cpu())
+    return r.float().cpu(), z.float().cpu()
 
 
 class _Progress:
@@ -271,12 +321,15 @@ def _log(rank: int, message: str, *args) -> None:
         logger.info(message, *args)
 
 
-def _train_in_process(job: str) -> None:
+# ---------------------------------------------------------------------------------------------
+# Several processes started from one
+
+
+def _train_in_process(job: str, config: PretrainingConfig) -> None:
     """One process of a job started by :func:`_pretrain_in_processes`; rank 0 leaves the
     result beside the job file for the parent."""
     spec = torch.load(job, weights_only=True)
     store = CheckpointStore(spec["checkpoints"]) if spec["checkpoints"] else None
-    config = PretrainingConfig.model_validate(spec["config"])
     model, history, spectra = pretrain(
         source_from_spec(spec["source"]), None, config, spec["mean"], spec["std"], store
     )
@@ -293,22 +346,25 @@ def _pretrain_in_processes(
     checkpoints: CheckpointStore | None,
 ) -> tuple[ContrastiveModel, pd.DataFrame, pd.DataFrame]:
     """``devices: N`` from a single process: start a job of N processes (nccl on CUDA,
-    gloo on CPU), wait for it, and return rank 0's result. The job's inputs travel as a
-    weights-only file, not through pickled arguments."""
+    gloo on CPU), wait for it, and return rank 0's result. The data travel as a
+    weights-only file; the settings, already validated, as they are."""
     with tempfile.TemporaryDirectory() as tmp:
         job = os.path.join(tmp, "job.pt")
         torch.save({
             "source": source.spec(),
-            "config": config.model_dump(mode="json"),
             "mean": list(mean),
             "std": list(std),
             "checkpoints": str(checkpoints.directory) if checkpoints else None,
         }, job)  # fmt: skip
-        spawn(_train_in_process, config.devices, (job,))
+        spawn(_train_in_process, config.devices, (job, config))
         result = torch.load(job + ".result", weights_only=True)
     model = build_model(config, source.channels, mean, std, config.seed)
     model.load_state_dict(result["state_dict"])
     return model.eval(), pd.DataFrame(result["history"]), pd.DataFrame(result["spectra"])
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
 
 
 def pretrain(
@@ -328,13 +384,20 @@ def pretrain(
     ``rank_every`` epochs the effective rank of r and z on a fixed batch of un-augmented
     images) and the spectrum history (the covariance eigenvalues behind those ranks, long
     format: epoch, step, vectors, index, eigenvalue).
+
+    The run stops with a FloatingPointError, keeping its last good checkpoint, when the loss
+    or any parameter or buffer becomes non-finite, or the representation collapses to a
+    constant.
     """
-    if isinstance(images, torch.Tensor):
-        source = TensorBatches(images, labels, config.batch_size, config.seed)
-    else:
-        source = images
+    source = (
+        TensorBatches(images, labels, config.batch_size, config.seed)
+        if isinstance(images, torch.Tensor)
+        else images
+    )
     if config.devices > 1 and launched_world_size() == 1:
         return _pretrain_in_processes(source, config, mean, std, checkpoints)
+
+    # -- setup: processes, device, data, model, optimisers -----------------------------------
     device = resolve_device(config.device)
     distributed = init_from_environment(device.type, config.dist_timeout_s)
     rank, world = rank_and_world()
@@ -344,16 +407,19 @@ def pretrain(
         raise ValueError(f"batch_size={config.batch_size} must split evenly over {world} processes")
     share = config.batch_size // world
     source.to(device)
-    n = source.num_images
-    if n < config.batch_size:
+    if source.num_images < config.batch_size:
         raise ValueError(
-            f"batch_size={config.batch_size} is larger than the training set ({n} images); "
-            f"lower batch_size"
+            f"batch_size={config.batch_size} is larger than the training set "
+            f"({source.num_images} images); lower batch_size"
         )
-    bf16 = _use_bf16(config, device)
     # channels_last: faster convolutions on CUDA, and 1.4-1.8x on CPU (oneDNN) for SmallCNN.
     channels_last = device.type in ("cuda", "cpu")
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    autocast = (
+        torch.autocast(device.type, dtype=torch.bfloat16)
+        if use_bf16(config.precision, device)
+        else nullcontext()
+    )
 
     model = build_model(config, source.channels, mean, std, config.seed)
     if distributed and device.type == "cuda":
@@ -364,47 +430,41 @@ def pretrain(
     train_model = DDP(model, device_ids=device_ids) if distributed else model
     train_probe = DDP(probe, device_ids=device_ids) if distributed else probe
     base_lr = scaled_lr(config.lr, config.batch_size, config.lr_scaling)
-    optimizer = build_optimizer(
-        config.optimizer, model, base_lr, config.weight_decay, config.momentum,
-        fused=device.type == "cuda" and config.optimizer != "lars",
-    )  # fmt: skip
-    probe_optimizer = torch.optim.AdamW(probe.parameters(), lr=config.probe_lr)
-    augment_rng = torch.Generator(device=device).manual_seed(config.seed + 1_000_003 * rank)
-    projector_rng = getattr(model.projector, "generator", None)
-
-    probe_images = source.probe_batch(min(n, 1024), config.seed + 1)
+    run = TrainingState(
+        model=model,
+        probe=probe,
+        optimizer=build_optimizer(
+            config.optimizer,
+            model,
+            base_lr,
+            config.weight_decay,
+            config.momentum,
+            fused=device.type == "cuda" and config.optimizer != "lars",
+        ),  # fmt: skip
+        probe_optimizer=torch.optim.AdamW(probe.parameters(), lr=config.probe_lr),
+        source=source,
+        augment_rng=torch.Generator(device=device).manual_seed(config.seed + 1_000_003 * rank),
+    )
+    probe_images = source.probe_batch(min(source.num_images, 1024), config.seed + 1)
     key = run_key(config, source.fingerprint(), world)
-
     steps_per_epoch = source.steps_per_epoch()
     total_steps = steps_per_epoch * config.epochs
     warmup_steps = steps_per_epoch * config.warmup_epochs
-    rows: list[dict] = []
-    spectra: list[dict] = []
-    start_epoch = 0
 
+    # -- resume ------------------------------------------------------------------------------
     state = checkpoints.load(key) if checkpoints is not None and config.resume else None
     if state is not None:
-        model.load_state_dict(state["model"])
-        probe.load_state_dict(state["probe"])
-        optimizer.load_state_dict(state["optimizer"])
-        probe_optimizer.load_state_dict(state["probe_optimizer"])
-        source.set_state(state["source"])
-        augment_rng.set_state(state["augment_rng"][rank])
-        if projector_rng is not None:
-            projector_rng.set_state(state["projector_rng"])
-        rows, spectra, start_epoch = state["history"], state["spectra"], state["epoch"]
-        _log(
-            rank,
-            "pretraining: resuming %s from its checkpoint after epoch %d of %d",
-            key, start_epoch, config.epochs,
-        )  # fmt: skip
+        run.restore(state, rank, str(checkpoints.path(key)))
+        _log(rank, "pretraining: resuming %s from its checkpoint after epoch %d of %d",
+             key, run.epoch, config.epochs)  # fmt: skip
 
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
-    progress = _Progress(total_steps, start_epoch * steps_per_epoch, enabled=rank == 0)
-    step = start_epoch * steps_per_epoch
+    # -- one epoch at a time -----------------------------------------------------------------
+    progress = _Progress(total_steps, run.epoch * steps_per_epoch, enabled=rank == 0)
+    step = run.epoch * steps_per_epoch
     model.train()
     try:
-        for epoch in range(start_epoch, config.epochs):
+        while run.epoch < config.epochs:
+            epoch = run.epoch
             start = time.perf_counter()
             loss_sum = torch.zeros((), device=device)
             correct = torch.zeros((), device=device)
@@ -413,11 +473,11 @@ def pretrain(
             lrs: dict[int, float] = {}
             for b, (batch, batch_labels) in enumerate(source.epoch(epoch, rank, world)):
                 lr = lrs[step] = learning_rate(step, total_steps, warmup_steps, base_lr)
-                for group in optimizer.param_groups:
+                for group in run.optimizer.param_groups:
                     group["lr"] = lr
                 views = torch.cat([
-                    augment(batch, config.augmentation.view1, augment_rng),
-                    augment(batch, config.augmentation.view2, augment_rng),
+                    augment(batch, config.augmentation.view1, run.augment_rng),
+                    augment(batch, config.augmentation.view2, run.augment_rng),
                 ]).contiguous(memory_format=memory_format)  # fmt: skip
                 with autocast:
                     r, z = train_model(views)
@@ -426,15 +486,16 @@ def pretrain(
                 z1, z2 = gather_with_grad(z1), gather_with_grad(z2)
                 anchors = (rank * share, (rank + 1) * share)
                 loss = info_nce(z1, z2, config.temperature, anchors)
-                optimizer.zero_grad(set_to_none=True)
+                run.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                optimizer.step()
+                run.optimizer.step()
 
+                # The online probe: labels train it on the detached r, never the backbone.
                 logits = train_probe(r.detach().float()[: len(batch)])
                 probe_loss = F.cross_entropy(logits, batch_labels, ignore_index=-1)
-                probe_optimizer.zero_grad(set_to_none=True)
+                run.probe_optimizer.zero_grad(set_to_none=True)
                 probe_loss.backward()
-                probe_optimizer.step()
+                run.probe_optimizer.step()
 
                 loss_sum += loss.detach()
                 correct += (logits.argmax(1) == batch_labels).sum()
@@ -456,13 +517,15 @@ def pretrain(
                         )
                     seconds = time.perf_counter() - start
                     progress.update(step, loss.item(), (b + 1) * config.batch_size / seconds)
+            run.epoch = epoch + 1
+
+            # -- record the epoch, and stop if the model has gone bad ------------------------
             loss_sum, correct, labelled = (all_sum(t) for t in (loss_sum, correct, labelled))
             seconds = time.perf_counter() - start
-            mean_loss = float(loss_sum) / (steps_per_epoch * world)
             row = {
-                "epoch": epoch + 1,
+                "epoch": run.epoch,
                 "step": step,
-                "loss": mean_loss,
+                "loss": float(loss_sum) / (steps_per_epoch * world),
                 "lr": lr,
                 "online_probe_accuracy": float(correct) / max(float(labelled), 1.0),
                 "images_per_s": steps_per_epoch * config.batch_size / seconds,
@@ -470,15 +533,16 @@ def pretrain(
                 "effective_rank_r": float("nan"),
                 "effective_rank_z": float("nan"),
             }
-            if (epoch + 1) % config.rank_every == 0 or epoch + 1 == config.epochs:
-                lam_r, lam_z = _probe_spectra(model, probe_images)
+            check_finite_state(model, probe, step, lr)
+            probe_r, probe_z = _probe_representation(model, probe_images)
+            check_not_constant(probe_r, step, lr)
+            if run.epoch % config.rank_every == 0 or run.epoch == config.epochs:
+                lam_r, lam_z = covariance_spectrum(probe_r), covariance_spectrum(probe_z)
                 row["effective_rank_r"] = effective_rank(lam_r)
                 row["effective_rank_z"] = effective_rank(lam_z)
-                record = {"epoch": epoch + 1, "step": step}
-                spectra.append(
-                    record | {"r": torch.from_numpy(lam_r), "z": torch.from_numpy(lam_z)}
-                )
-            rows.append(row)
+                spectra = {"r": torch.from_numpy(lam_r), "z": torch.from_numpy(lam_z)}
+                run.spectra.append({"epoch": run.epoch, "step": step, **spectra})
+            run.history.append(row)
             _log(
                 rank,
                 "epoch %d/%d  loss %.4f  lr %.2e  online probe %.3f  %.0f img/s  "
@@ -487,31 +551,19 @@ def pretrain(
                 row["online_probe_accuracy"], row["images_per_s"], row["effective_rank_r"],
                 row["effective_rank_z"],
             )  # fmt: skip
-            checkpoint_now = checkpoints is not None and (
-                (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs
-            )
-            if checkpoint_now:
-                augment_states = all_gather_objects(augment_rng.get_state())
-            if checkpoint_now and rank == 0:
-                checkpoints.save(key, {
-                    "key": key,
-                    "epoch": epoch + 1,
-                    "model": model.state_dict(),
-                    "probe": probe.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "probe_optimizer": probe_optimizer.state_dict(),
-                    "source": source.state(),
-                    "augment_rng": augment_states,
-                    "projector_rng": projector_rng.get_state() if projector_rng else None,
-                    "history": rows,
-                    "spectra": spectra,
-                })  # fmt: skip
-            if checkpoint_now:
+
+            # -- save ------------------------------------------------------------------------
+            if checkpoints is not None and (
+                run.epoch % config.checkpoint_every == 0 or run.epoch == config.epochs
+            ):
+                augment_states = all_gather_objects(run.augment_rng.get_state())
+                if rank == 0:
+                    checkpoints.save(key, run.checkpoint(key, augment_states))
                 barrier()  # every process resumes from the same, complete checkpoint
     finally:
         progress.close()
     model.eval()
-    return model.cpu(), pd.DataFrame(rows), spectrum_history(spectra)
+    return model.cpu(), pd.DataFrame(run.history), spectrum_history(run.spectra)
 
 
 def spectrum_history(spectra: list[dict]) -> pd.DataFrame:
@@ -529,46 +581,3 @@ def spectrum_history(spectra: list[dict]) -> pd.DataFrame:
     ]  # fmt: skip
     columns = ["epoch", "step", "vectors", "index", "eigenvalue"]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
-
-
-@torch.no_grad()
-def encode(
-    model: ContrastiveModel,
-    images: torch.Tensor | Iterable[torch.Tensor],
-    batch_size: int = 1024,
-    device: str = "auto",
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Representations r and embeddings z with the frozen model, of uint8 ``images`` (a
-    tensor, cut into batches of ``batch_size``, or any iterable of uint8 batches)."""
-    target = resolve_device(device)
-    model = model.to(target).eval()
-    if isinstance(images, torch.Tensor):
-        images = images.split(batch_size)
-    rs, zs = [], []
-    for batch in images:
-        r, z = model(batch.to(target).float() / 255)
-        rs.append(r.float().cpu())
-        zs.append(z.float().cpu())
-    model.cpu()
-    return torch.cat(rs), torch.cat(zs)
-
-
-def model_artifact(model: ContrastiveModel, config: ModelConfig, in_channels: int) -> dict:
-    """A weights-only-loadable dict: the architecture config and the state dict."""
-    architecture = ModelConfig.model_validate(
-        config.model_dump(include=set(ModelConfig.model_fields))
-    )
-    return {
-        "config": architecture.model_dump(),
-        "in_channels": in_channels,
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-    }
-
-
-def model_from_artifact(artifact: dict) -> ContrastiveModel:
-    """Rebuild a frozen model from :func:`model_artifact`'s dict."""
-    config = ModelConfig.model_validate(artifact["config"])
-    channels = int(artifact["in_channels"])
-    model = build_model(config, channels, [0.0] * channels, [1.0] * channels)
-    model.load_state_dict(artifact["state_dict"])
-    return model.eval()

@@ -5,7 +5,7 @@ from typing import Any
 
 import pandas as pd
 
-from directclr.encoders import EncoderConfig, convert_checkpoint, fit_to_dataset
+from directclr.checkpoint_import import EncoderConfig, convert_checkpoint, fit_to_dataset
 from directclr.training import spectrum_history
 
 logger = logging.getLogger(__name__)

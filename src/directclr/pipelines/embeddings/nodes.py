@@ -5,7 +5,8 @@ import logging
 from pydantic import BaseModel, ConfigDict, Field
 
 from directclr.data import iterate_batches
-from directclr.training import encode, model_from_artifact, resolve_device
+from directclr.devices import resolve_device
+from directclr.models import encode, model_from_artifact
 
 logger = logging.getLogger(__name__)
 
@@ -31,10 +32,9 @@ def split_images(dataset: dict, split: str, params: EmbeddingsConfig):
 
 
 def export_embeddings(model: dict, dataset: dict, params: EmbeddingsConfig) -> dict:
-    """Representations r and embeddings z of both splits, with their labels, the method
-    and d0."""
+    """Representations r and embeddings z of both splits, with their labels."""
     frozen = model_from_artifact(model)
-    out = {"method": model["config"]["method"], "d0": int(model["config"]["d0"])}
+    out = {}
     for split in ("train", "test"):
         r, z = encode(frozen, split_images(dataset, split, params), params.batch_size,
                       params.device)  # fmt: skip

@@ -7,7 +7,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from directclr.data import materialize
 from directclr.evaluation import knn_accuracy, linear_probe
+from directclr.models import artifact_config
 from directclr.plots import confusion_figure
+from directclr.projectors import has_leading_subvector
 
 logger = logging.getLogger(__name__)
 
@@ -32,10 +34,12 @@ class LinearEvalConfig(BaseModel):
 
 
 def evaluate_linear_probe(
-    embeddings: dict, dataset: dict, spectrum_metrics: dict, params: LinearEvalConfig
+    embeddings: dict, model: dict, dataset: dict, spectrum_metrics: dict, params: LinearEvalConfig
 ) -> tuple[dict, plt.Figure]:
     """Linear probe and kNN on r; the same probe on z, on raw pixels and, for directclr,
-    on r[:, :d0]; with the effective ranks beside them and a confusion-matrix figure."""
+    on r[:, :d0]; with the effective ranks beside them and a confusion-matrix figure. The
+    method and d0 come from the model artifact."""
+    config = artifact_config(model)
     train_y, test_y = embeddings["train_labels"].numpy(), embeddings["test_labels"].numpy()
 
     def probe(train_x, test_x):
@@ -49,8 +53,8 @@ def evaluate_linear_probe(
         "r": on_r.as_dict(),
         "z": probe(embeddings["train_z"], embeddings["test_z"]).as_dict(),
     }
-    if embeddings.get("method") == "directclr":
-        d0 = embeddings["d0"]
+    if has_leading_subvector(config.method):
+        d0 = config.d0
         sub = probe(embeddings["train_r"][:, :d0], embeddings["test_r"][:, :d0])
         probes["r[:d0]"] = sub.as_dict()
     if params.raw_pixels:
@@ -59,8 +63,8 @@ def evaluate_linear_probe(
     knn = knn_accuracy(embeddings["train_r"], train_y, embeddings["test_r"], test_y,
                        params.knn_k, params.knn_temperature)  # fmt: skip
     metrics = {
-        "method": embeddings.get("method"),
-        "d0": embeddings.get("d0"),
+        "method": config.method,
+        "d0": config.d0,
         "linear_probe_accuracy_r": on_r.top1,
         "linear_probe_accuracy_z": probes["z"]["top1"],
         "linear_probe_accuracy_raw_pixels": probes.get("raw_pixels", {}).get("top1"),

@@ -8,7 +8,7 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(
                 evaluate_linear_probe,
-                inputs=["embeddings", "dataset", "spectrum_metrics", "params:linear_eval"],
+                inputs=["embeddings", "model", "dataset", "spectrum_metrics", "params:linear_eval"],
                 outputs=["linear_eval_metrics", "confusion_matrix_figure"],
                 name="evaluate_linear_probe",
             )

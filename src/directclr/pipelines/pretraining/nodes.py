@@ -1,30 +1,40 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import matplotlib.pyplot as plt
 import pandas as pd
 
 from directclr.batches import training_batches
 from directclr.checkpoints import CheckpointStore
+from directclr.models import model_artifact
 from directclr.plots import training_history_figure
-from directclr.training import model_artifact, pretrain, run_config
+from directclr.training import PretrainingConfig, pretrain
 
 logger = logging.getLogger(__name__)
 
 
 def pretrain_model(
-    dataset: dict, dataset_card: dict, checkpoints: CheckpointStore, recipe: dict, run: dict
+    dataset: dict, dataset_card: dict, checkpoints: CheckpointStore, settings: Any
 ) -> tuple[dict, pd.DataFrame, pd.DataFrame, plt.Figure]:
     """Train the run's method on the training split.
 
-    ``recipe`` is the shared training recipe (``params:pretraining``) and ``run`` this run's
-    changes to it (``params:<run>.pretraining``); the hooks validate both before any node runs.
+    ``settings`` are the run's (``params:<run>.pretraining``): before any node runs, the
+    project's hook lays them over the shared ``pretraining`` recipe and validates them once
+    (:class:`~directclr.framework.hooks.CheckRunBeforeWork`). They arrive as a
+    :class:`~directclr.training.PretrainingConfig`; the hint is ``Any`` so that Kedro's own
+    parameter validation leaves the run's partial settings alone.
 
     Returns the model artifact, the training history, the spectrum history and a figure of
     the history. Checkpoints go to the ``checkpoints`` store while training runs.
     """
-    params = run_config(recipe, run)
+    if not isinstance(settings, PretrainingConfig):
+        raise TypeError(
+            "pretrain_model needs the run's validated settings; run it through the project's "
+            "hooks (kedro run, or a KedroSession of this project)"
+        )
+    params = settings
     source = training_batches(dataset, params.batch_size, params.seed, params.num_workers)
     model, history, spectra = pretrain(
         source,

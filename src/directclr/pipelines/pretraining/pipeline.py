@@ -12,7 +12,6 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "dataset",
                     "dataset_card",
                     "checkpoints",
-                    "params:recipe",
                     "params:pretraining",
                 ],
                 outputs=[

@@ -8,7 +8,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from directclr.analysis import CONVENTION, embedding_spectrum, spectrum_metrics
+from directclr.models import ModelConfig, artifact_config
 from directclr.plots import spectrum_figure, spectrum_history_figure
+from directclr.projectors import has_leading_subvector
 
 logger = logging.getLogger(__name__)
 
@@ -37,17 +39,18 @@ class SpectrumConfig(BaseModel):
         return value
 
 
-def vectors_to_analyse(embeddings: dict, model_config: dict) -> dict[tuple[str, str], torch.Tensor]:
+def vectors_to_analyse(
+    embeddings: dict, config: ModelConfig
+) -> dict[tuple[str, str], torch.Tensor]:
     """r and z of both splits; for directclr also r[:, :d0] and r[:, d0:], its two parts."""
     vectors = {}
     for split in ("train", "test"):
         r = embeddings[f"{split}_r"]
         vectors["r", split] = r
         vectors["z", split] = embeddings[f"{split}_z"]
-        d0 = model_config.get("d0")
-        if model_config.get("method") == "directclr" and d0 < r.shape[1]:
-            vectors["r[:d0]", split] = r[:, :d0]
-            vectors["r[d0:]", split] = r[:, d0:]
+        if has_leading_subvector(config.method) and config.d0 < r.shape[1]:
+            vectors["r[:d0]", split] = r[:, : config.d0]
+            vectors["r[d0:]", split] = r[:, config.d0 :]
     return vectors
 
 
@@ -56,7 +59,7 @@ def compute_spectrum(
 ) -> tuple[pd.DataFrame, dict, plt.Figure, plt.Figure]:
     """Spectra and collapse metrics of r and z (for directclr also of r[:, :d0] and r[:, d0:])
     on both splits, a figure of the test spectra and one of the spectrum over training."""
-    config = model["config"]
+    config = artifact_config(model)
     tables, metrics, test_spectra = [], {}, {}
     for (name, split), x in vectors_to_analyse(embeddings, config).items():
         spectrum = embedding_spectrum(x)
@@ -68,8 +71,8 @@ def compute_spectrum(
             test_spectra[f"{name} ({spectrum.eigenvalues.size}-d)"] = spectrum.eigenvalues
     metrics.update(
         convention=CONVENTION,
-        method=config.get("method"),
-        d0=config.get("d0"),
+        method=config.method,
+        d0=config.d0,
         gap_decades=params.gap_decades,
         power_law_range=list(params.power_law_range),
         top_k=params.top_k,
@@ -80,7 +83,7 @@ def compute_spectrum(
     n_test = len(embeddings["test_r"])
     figure = spectrum_figure(
         test_spectra,
-        f"{config.get('method')}: embedding spectrum (test)",
+        f"{config.method}: embedding spectrum (test)",
         rank_limit=n_test - 1 if n_test <= metrics["r_test"]["dimensions"] else None,
     )
     history_figure = spectrum_history_figure(

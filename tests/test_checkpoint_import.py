@@ -14,7 +14,7 @@ from kedro.framework.startup import bootstrap_project
 from kedro.validation.exceptions import ParameterValidationError
 from torch import nn
 
-from directclr.encoders import (
+from directclr.checkpoint_import import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     ChannelStats,
@@ -23,8 +23,8 @@ from directclr.encoders import (
     convert_projector,
     fit_to_dataset,
 )
-from directclr.models import build_projector
-from directclr.training import ModelConfig, build_model, encode, model_artifact, model_from_artifact
+from directclr.models import ModelConfig, build_model, encode, model_artifact, model_from_artifact
+from directclr.projectors import build_projector
 from tests.test_run import load_json, versions
 
 SETTINGS = "analyze.encoder."

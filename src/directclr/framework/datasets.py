@@ -23,7 +23,7 @@ from kedro.io.core import (
     get_protocol_and_path,
 )
 
-from directclr.checkpoints import CheckpointStore
+from directclr.checkpoints import CheckpointStore, RefusedFileError, safe_load
 
 
 class TorchDataset(AbstractVersionedDataset[Any, Any]):
@@ -32,7 +32,7 @@ class TorchDataset(AbstractVersionedDataset[Any, Any]):
     Example catalog entry::
 
         directclr.model:
-          type: directclr.datasets.TorchDataset
+          type: directclr.framework.datasets.TorchDataset
           filepath: data/06_models/directclr/model.pt
           versioned: true
     """
@@ -68,12 +68,9 @@ class TorchDataset(AbstractVersionedDataset[Any, Any]):
         with self._fs.open(load_path, mode="rb") as f:
             buffer = io.BytesIO(f.read())
         try:
-            return torch.load(buffer, map_location="cpu", weights_only=True)
-        except Exception as err:  # torch raises several types for a bad file
-            raise DatasetError(
-                f"{load_path} is not a weights-only torch file ({err.__class__.__name__}: "
-                f"{str(err).splitlines()[0]}); it may be corrupt or from another program"
-            ) from err
+            return safe_load(buffer, load_path)
+        except RefusedFileError as err:
+            raise DatasetError(str(err)) from None
 
     def save(self, data: Any) -> None:
         save_path = get_filepath_str(self._get_save_path(), self._protocol)

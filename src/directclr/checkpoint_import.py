@@ -3,7 +3,7 @@
 Researchers already have encoders (the paper's released DirectCLR ResNet-50, SimCLR models from
 other code, torchvision weights) and want to know how collapsed they are. This module reads the
 layouts such checkpoints come in and converts them to the dict of
-:func:`directclr.training.model_artifact`, so the embeddings, spectrum and linear_eval stages
+:func:`directclr.models.model_artifact`, so the embeddings, spectrum and linear_eval stages
 measure them unchanged. The layouts:
 
 * ``model_artifact``: this project's own ``{"config", "in_channels", "state_dict"}``, used as
@@ -32,8 +32,8 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from directclr.models import BACKBONES, representation_dim
-from directclr.training import ModelConfig, build_model, model_artifact
+from directclr.backbones import BACKBONES, Backbone, Norm, Stem, representation_dim
+from directclr.models import ModelConfig, artifact_config, build_model, model_artifact
 
 # torchvision's ImageNet statistics, which torchvision-style encoders were trained with.
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
@@ -71,14 +71,14 @@ class EncoderConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    backbone: Literal["small_cnn", "resnet18", "resnet50"] = Field(
+    backbone: Backbone = Field(
         "resnet50",
         description="resnet50: torchvision's (ImageNet stem); resnet18: CIFAR stem (3x3 conv1, "
         "no max-pool); small_cnn: this project's",
     )
     width: int = Field(64, ge=1, description="small_cnn only: first block's channels (r: 8*width)")
-    norm: Literal["batch", "group"] = "batch"
-    stem: Literal["auto", "cifar", "imagenet"] = Field(
+    norm: Norm = "batch"
+    stem: Stem = Field(
         "auto", description="ResNets: auto (resnet18: CIFAR stem, resnet50: ImageNet), or explicit"
     )
     backbone_entry: str = Field(
@@ -170,7 +170,7 @@ def checkpoint_hash(tensors: dict[str, torch.Tensor]) -> str:
 
 
 def is_model_artifact(checkpoint: Any) -> bool:
-    """True for the dict of :func:`directclr.training.model_artifact`."""
+    """True for the dict of :func:`directclr.models.model_artifact`."""
     required = {"config", "in_channels", "state_dict"}
     return isinstance(checkpoint, dict) and required <= checkpoint.keys()
 
@@ -426,7 +426,7 @@ IGNORED_FOR_ARTIFACTS = ["backbone", "width", "norm", "backbone_entry", "project
 def _import_artifact(artifact: dict, config: EncoderConfig, settings: str) -> tuple[dict, dict]:
     """This project's own model artifact, checked, with the normalisation the settings ask for."""
     try:
-        model_config = ModelConfig.model_validate(artifact["config"])
+        model_config = artifact_config(artifact)
         in_channels = int(artifact["in_channels"])
     except (ValidationError, TypeError, ValueError) as err:
         raise ValueError(

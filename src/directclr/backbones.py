@@ -1,0 +1,135 @@
+"""Backbones: the networks that map images to the representation r.
+
+``small_cnn`` for images of up to 32 px, torchvision's ``resnet18`` and ``resnet50`` (with a
+CIFAR stem as an option). :func:`representation_dim` knows the size of r before a backbone
+is built, so a config can be checked without building anything.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+import torch
+import torchvision
+from torch import nn
+
+Backbone = Literal["small_cnn", "resnet18", "resnet50"]
+Stem = Literal["auto", "cifar", "imagenet"]
+Norm = Literal["batch", "group"]
+BACKBONES: tuple[str, ...] = get_args(Backbone)
+STEMS: tuple[str, ...] = get_args(Stem)
+NORMS: tuple[str, ...] = get_args(Norm)
+
+
+def norm_layer(kind: str, channels: int) -> nn.Module:
+    """BatchNorm2d, or GroupNorm with groups of (at most) 8 channels."""
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "group":
+        return nn.GroupNorm(max(1, channels // 8), channels)
+    raise ValueError(f"unknown norm {kind!r}; choose batch or group")
+
+
+class SmallCNN(nn.Module):
+    """A four-block conv net for images of up to 32 px (digits, MNIST, CIFAR).
+
+    conv3x3-norm-ReLU blocks of width w, 2w, 4w, 8w with 2x2 max-pooling after the second
+    and third block, then global average pooling: the representation has 8w dimensions.
+    ``norm`` is ``batch`` (BatchNorm) or ``group`` (GroupNorm: no batch statistics, so a
+    sample's representation does not depend on the rest of its batch).
+    """
+
+    def __init__(self, in_channels: int = 1, width: int = 64, norm: str = "batch") -> None:
+        super().__init__()
+
+        def block(cin: int, cout: int) -> list[nn.Module]:
+            return [
+                nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+                norm_layer(norm, cout),
+                nn.ReLU(inplace=True),
+            ]
+
+        self.features = nn.Sequential(
+            *block(in_channels, width),
+            *block(width, 2 * width),
+            nn.MaxPool2d(2),
+            *block(2 * width, 4 * width),
+            nn.MaxPool2d(2),
+            *block(4 * width, 8 * width),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
+        self.output_dim = 8 * width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+
+class ResNetBackbone(nn.Module):
+    """A torchvision ResNet without its classifier: the representation is the pooled features.
+
+    ``cifar_stem`` replaces the 7x7 stride-2 stem and its max-pool with a 3x3 stride-1 conv,
+    the usual choice for 32-96 px images. ``zero_init_residual`` starts every residual block
+    as the identity (its last BN's scale at zero).
+    """
+
+    def __init__(
+        self,
+        depth: int,
+        in_channels: int,
+        cifar_stem: bool,
+        zero_init_residual: bool,
+        norm: str = "batch",
+    ) -> None:
+        super().__init__()
+        factory = {18: torchvision.models.resnet18, 50: torchvision.models.resnet50}[depth]
+        net = factory(
+            weights=None,
+            zero_init_residual=zero_init_residual,
+            norm_layer=lambda channels: norm_layer(norm, channels),
+        )
+        if cifar_stem:
+            net.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
+            net.maxpool = nn.Identity()
+        elif in_channels != 3:
+            net.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
+        self.output_dim = net.fc.in_features
+        net.fc = nn.Identity()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def representation_dim(backbone: str, width: int) -> int:
+    """Size of r for a backbone, known before building it."""
+    if backbone == "small_cnn":
+        return 8 * width
+    if backbone == "resnet18":
+        return 512
+    if backbone == "resnet50":
+        return 2048
+    raise ValueError(f"unknown backbone {backbone!r}; choose one of {BACKBONES}")
+
+
+def build_backbone(
+    name: str,
+    in_channels: int,
+    width: int = 64,
+    zero_init_residual: bool = False,
+    norm: str = "batch",
+    stem: str = "auto",
+) -> nn.Module:
+    """``small_cnn`` (up to 32 px), ``resnet18`` or ``resnet50`` from torchvision.
+
+    ``stem="auto"`` gives resnet18 the CIFAR stem (3x3 conv, stride 1, no max-pool; for
+    32-96 px) and resnet50 torchvision's ImageNet stem (7x7 stride-2 conv and max-pool);
+    ``cifar`` or ``imagenet`` chooses explicitly (for example to read torchvision's own
+    ImageNet ResNet-18)."""
+    if name == "small_cnn":
+        return SmallCNN(in_channels, width, norm)
+    if name == "resnet18":
+        return ResNetBackbone(18, in_channels, stem != "imagenet", zero_init_residual, norm)
+    if name == "resnet50":
+        return ResNetBackbone(50, in_channels, stem == "cifar", zero_init_residual, norm)
+    raise ValueError(f"unknown backbone {name!r}; choose one of {BACKBONES}")

@@ -1,0 +1,156 @@
+"""Project hooks: stop a bad run before any node runs or any artifact is written; under
+torchrun, let only rank 0 write artifacts."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from kedro.config import OmegaConfigLoader
+from kedro.framework.hooks import hook_impl
+
+from directclr.framework.parameters import (
+    catalog_text,
+    check_known_settings,
+    check_runs_fit_data,
+    known_settings,
+    run_settings_of,
+    runs_in,
+)
+
+DATA_PREP_NODE = "data_prep.prepare_dataset"
+LINEAR_EVAL_NODE = "linear_eval.evaluate_linear_probe"
+
+
+class CheckRunBeforeWork:
+    """Everything that can be known to be wrong before a node runs stops ``kedro run`` there,
+    naming the setting to change:
+
+    * a ``--params`` key that names no setting (with the closest valid names);
+    * a ``--load-versions`` version that does not exist (listing those that do);
+    * a comparison whose runs in this environment differ from the registered pipeline's;
+    * every run's training settings: the shared ``pretraining`` recipe with the run's own
+      ``<run>.pretraining`` laid over it, merged and validated here, once. The node then
+      receives the validated settings as ``params:<run>.pretraining``;
+    * runs that do not fit the data: checked against the existing dataset card, or, when
+      data_prep is in the run, against the card it just made, before it is saved.
+    """
+
+    def __init__(self) -> None:
+        self._settings: dict[str, Any] = {}
+        self._params: dict[str, Any] = {}
+        self._knn = False
+
+    @hook_impl
+    def after_context_created(self, context) -> None:
+        loader = context.config_loader
+        if not isinstance(loader, OmegaConfigLoader):
+            self._known = None
+            return
+        from_files = OmegaConfigLoader(
+            conf_source=loader.conf_source,
+            env=loader.env,
+            base_env=loader.base_env,
+            default_run_env=loader.default_run_env,
+            config_patterns=loader.config_patterns,
+            merge_strategy=loader.merge_strategy,
+        )
+        envs = [loader.base_env, loader.env or loader.default_run_env]
+        self._file_params = from_files["parameters"]
+        self._catalog_text = catalog_text(loader.conf_source, envs)
+        self._known = True
+
+    @hook_impl
+    def before_pipeline_run(self, run_params: dict, pipeline, catalog) -> None:
+        params = catalog.load("parameters")
+        if getattr(self, "_known", None):
+            known = known_settings(self._file_params, self._catalog_text)
+            check_known_settings(run_params.get("runtime_params") or {}, known)
+        _check_load_versions(run_params.get("load_versions") or {}, catalog)
+        _check_comparisons(pipeline, params, run_params.get("env"))
+
+        self._params = params
+        self._settings = run_settings_of(params, runs_in(pipeline))
+        for run, settings in self._settings.items():
+            catalog.save(f"params:{run}.pretraining", settings)
+        names = {node.name for node in pipeline.nodes}
+        self._knn = any(name.endswith(LINEAR_EVAL_NODE) for name in names)
+        checks_data = DATA_PREP_NODE not in names and (self._settings or self._knn)
+        if checks_data and "dataset_card" in catalog and catalog.exists("dataset_card"):
+            card = catalog.load("dataset_card")
+            check_runs_fit_data(card, self._settings, params, self._knn)
+
+    @hook_impl
+    def after_node_run(self, node, outputs: dict[str, Any]) -> None:
+        # Kedro saves a node's outputs after this hook: a refused card is never written.
+        if node.name == DATA_PREP_NODE:
+            card = outputs["dataset_card"]
+            check_runs_fit_data(card, self._settings, self._params, self._knn)
+
+
+def _check_load_versions(load_versions: dict[str, str], catalog) -> None:
+    """A pinned version that does not exist stops the run, listing the versions that do."""
+    for name, version in load_versions.items():
+        if name not in catalog:
+            raise ValueError(
+                f"--load-versions names {name!r}, which is not a catalog entry; use one of the "
+                f"datasets `kedro catalog list` shows"
+            )
+        filepath = getattr(catalog.get(name), "_filepath", None)
+        if filepath is None:
+            continue
+        folder = Path(str(filepath))
+        if (folder / version / folder.name).exists():
+            continue
+        existing = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+        listing = ", ".join(existing[-10:]) if existing else "none: run the stage that writes it"
+        raise ValueError(
+            f"--load-versions {name}:{version}: there is no such version of {name} "
+            f"({folder}); its versions are: {listing}"
+        )
+
+
+def _check_comparisons(pipeline, params: dict[str, Any], env: str | None) -> None:
+    """The registry reads the comparisons' runs with KEDRO_ENV; ``kedro run --env=X`` does not
+    reach it. A comparison whose runs in this run's parameters differ from the registered
+    pipeline's stops the run, saying how to get the pipeline these parameters describe."""
+    from kedro.framework.project import pipelines
+
+    from directclr.pipeline_registry import COMPARISONS
+
+    present = {run.partition(".")[0] for run in runs_in(pipeline)}
+    for comparison in sorted(present & set(COMPARISONS)):
+        registered = {run.partition(".")[2] for run in runs_in(pipelines[comparison])}
+        configured = set(params.get(comparison) or {})
+        if configured != registered:
+            raise ValueError(
+                f"the {comparison} pipeline was registered with runs {sorted(registered)}, but "
+                f"the parameters of environment {env!r} list {sorted(configured)}: pipelines "
+                f"are registered before --env is known. Run with the environment variable "
+                f"KEDRO_ENV={env} instead of --env={env}"
+            )
+
+
+class RankZeroWrites:
+    """Under ``torchrun`` every process runs the whole pipeline (the pretraining node trains
+    as one data-parallel job); only rank 0 writes catalog outputs. The other ranks keep
+    what they would have saved in memory, for the nodes after it, and log only warnings."""
+
+    @hook_impl
+    def after_catalog_created(self, catalog) -> None:
+        if int(os.environ.get("RANK", "0")) == 0:
+            return
+        kept: dict[str, Any] = {}
+        load_persisted = catalog.load
+
+        def save(name: str, data: Any) -> None:
+            kept[name] = data
+
+        def load(name: str, version: str | None = None) -> Any:
+            return kept[name] if name in kept else load_persisted(name, version)
+
+        catalog.save, catalog.load = save, load
+        for name in ("kedro", "directclr"):
+            logging.getLogger(name).setLevel(logging.WARNING)
