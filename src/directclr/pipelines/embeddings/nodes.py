@@ -5,7 +5,7 @@ import logging
 from pydantic import BaseModel, ConfigDict, Field
 
 from directclr.data import iterate_batches
-from directclr.devices import resolve_device
+from directclr.devices import DeviceSetting, WorkersSetting
 from directclr.models import encode, model_from_artifact
 
 logger = logging.getLogger(__name__)
@@ -15,11 +15,8 @@ class EmbeddingsConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     batch_size: int = Field(1024, ge=1)
-    device: str = "auto"
-    num_workers: int = Field(2, ge=0, description="DataLoader workers decoding an image folder")
-
-    def model_post_init(self, __context) -> None:
-        resolve_device(self.device)
+    device: DeviceSetting = "auto"
+    num_workers: WorkersSetting = 2
 
 
 def split_images(dataset: dict, split: str, params: EmbeddingsConfig):
