@@ -33,6 +33,11 @@ SIZE = 32
 BATCH = 256
 
 
+def blur_pixels(view: ViewAugmentation, size: int) -> tuple[float, float]:
+    """The view's blur sigma range in pixels (the recipe gives it as a fraction of the side)."""
+    return (view.blur_sigma[0] * size, view.blur_sigma[1] * size)
+
+
 def pil_view(view: ViewAugmentation, size: int) -> T.Compose:
     """``view``'s recipe as the per-image torchvision pipeline (PIL in, float tensor out)."""
     kernel = view.blur_kernel_size or blur_kernel_size(size, size)
@@ -44,7 +49,7 @@ def pil_view(view: ViewAugmentation, size: int) -> T.Compose:
             p=view.jitter_p,
         ),
         T.RandomGrayscale(view.grayscale_p),
-        T.RandomApply([T.GaussianBlur(kernel, sigma=view.blur_sigma)], p=view.blur_p),
+        T.RandomApply([T.GaussianBlur(kernel, sigma=blur_pixels(view, size))], p=view.blur_p),
         T.RandomSolarize(round(255 * view.solarize_threshold), p=view.solarize_p),
         T.ToTensor(),
     ])  # fmt: skip
@@ -60,7 +65,7 @@ def kornia_view(view: ViewAugmentation, size: int) -> torch.nn.Module:
         K.RandomHorizontalFlip(p=view.hflip_p),
         K.ColorJitter(view.brightness, view.contrast, view.saturation, view.hue, p=view.jitter_p),
         K.RandomGrayscale(p=view.grayscale_p),
-        K.RandomGaussianBlur((kernel, kernel), view.blur_sigma, p=view.blur_p),
+        K.RandomGaussianBlur((kernel, kernel), blur_pixels(view, size), p=view.blur_p),
         K.RandomSolarize(thresholds=0.0, additions=0.0, p=view.solarize_p),
     )
 

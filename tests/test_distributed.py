@@ -20,15 +20,16 @@ def _config(**overrides) -> PretrainingConfig:
 
 
 @pytest.mark.slow  # a job of several processes
-def test_one_step_on_two_processes_equals_one_process_on_the_global_batch(digits):
+@pytest.mark.parametrize("loss", ["paper", "ntxent"])
+def test_one_step_on_two_processes_equals_one_process_on_the_global_batch(digits, loss):
     dataset, card = digits
     images, labels = dataset["train_images"][:16], dataset["train_labels"][:16]
     stats = card["channel_mean"], card["channel_std"]
-    single, single_history, _ = pretrain(images, labels, _config(), *stats)
-    split, split_history, _ = pretrain(images, labels, _config(devices=2), *stats)
+    single, single_history, _ = pretrain(images, labels, _config(loss=loss), *stats)
+    split, split_history, _ = pretrain(images, labels, _config(loss=loss, devices=2), *stats)
 
     assert split_history["loss"].iloc[0] == pytest.approx(single_history["loss"].iloc[0], abs=1e-5)
-    initial, _, _ = pretrain(images, labels, _config(lr=0.0), *stats)
+    initial, _, _ = pretrain(images, labels, _config(loss=loss, lr=0.0), *stats)
     moved = 0.0
     for name, value in single.state_dict().items():
         torch.testing.assert_close(split.state_dict()[name], value, atol=1e-5, rtol=0, msg=name)

@@ -65,16 +65,16 @@ def test_model_artifact_round_trip_gives_the_same_outputs(digits, method):
 
 
 def test_a_non_finite_loss_stops_the_run_naming_step_and_lr(digits, monkeypatch):
-    from directclr.losses import info_nce
+    from directclr.losses import paper_info_nce
 
     calls = []
 
     def nan_from_step_5(z1, z2, temperature, anchors=None):
         calls.append(1)
-        loss = info_nce(z1, z2, temperature, anchors)
+        loss = paper_info_nce(z1, z2, temperature, anchors)
         return loss * float("nan") if len(calls) > 5 else loss
 
-    monkeypatch.setattr("directclr.training.info_nce", nan_from_step_5)
+    monkeypatch.setattr("directclr.training.paper_info_nce", nan_from_step_5)
     # 4 steps per epoch: step 5 is the second step of epoch 2; lr there is known.
     expected_lr = learning_rate(5, 8, 4, 1e-3)
     with pytest.raises(FloatingPointError, match=rf"at step 5 \(epoch 2, lr {expected_lr:.3g}\)"):

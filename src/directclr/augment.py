@@ -66,7 +66,11 @@ class ViewAugmentation(BaseModel):
     jitter_p: float = Field(0.8, ge=0, le=1)
     grayscale_p: float = Field(0.2, ge=0, le=1)
     blur_p: float = Field(1.0, ge=0, le=1)
-    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    blur_sigma: tuple[float, float] = Field(
+        (0.1 / 224, 2.0 / 224),
+        description="range of the blur's sigma as a fraction of the output image's side; the "
+        "default is the paper's 0.1-2.0 px at 224 px",
+    )
     blur_kernel_size: int | None = Field(
         None, ge=1, description="odd; default SimCLR's: a tenth of the image side, at least 3"
     )
@@ -428,7 +432,8 @@ def _augment(
 
     if config.blur_p > 0:
         blur = _bernoulli(n, config.blur_p, generator, device)
-        sigma = _uniform(n, *config.blur_sigma, generator, device)
+        side = min(size)
+        sigma = _uniform(n, *(s * side for s in config.blur_sigma), generator, device)
         kernel_size = config.blur_kernel_size or blur_kernel_size(*size)
         out = _apply_to_rows(out, blur, lambda x, rows: gaussian_blur(x, sigma[rows], kernel_size))
 

@@ -30,16 +30,48 @@ def norm_layer(kind: str, channels: int) -> nn.Module:
     raise ValueError(f"unknown norm {kind!r}; choose batch or group")
 
 
-class SmallCNN(nn.Module):
-    """A four-block conv net for images of up to 32 px (digits, MNIST, CIFAR).
+class ResidualBlock(nn.Module):
+    """ReLU(x + norm(conv(ReLU(norm(conv(x)))))), ResNet's basic block at constant width.
 
-    conv3x3-norm-ReLU blocks of width w, 2w, 4w, 8w with 2x2 max-pooling after the second
-    and third block, then global average pooling: the representation has 8w dimensions.
-    ``norm`` is ``batch`` (BatchNorm) or ``group`` (GroupNorm: no batch statistics, so a
-    sample's representation does not depend on the rest of its batch).
+    ``zero_init_residual`` sets the last norm's scale to zero, so the block starts as the
+    identity. That is what makes DirectCLR work in the paper's ResNet: r[:, d0:] gets no
+    gradient from the loss, so this block's own branch never changes for those channels,
+    yet the identity path carries the previous block's features, trained through the
+    branch's first convolution (which reads every channel), into r[:, d0:].
     """
 
-    def __init__(self, in_channels: int = 1, width: int = 64, norm: str = "batch") -> None:
+    def __init__(self, channels: int, norm: str, zero_init_residual: bool) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.norm1 = norm_layer(norm, channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.norm2 = norm_layer(norm, channels)
+        if zero_init_residual:
+            nn.init.zeros_(self.norm2.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        branch = self.norm2(self.conv2(torch.relu(self.norm1(self.conv1(x)))))
+        return torch.relu(x + branch)
+
+
+class SmallCNN(nn.Module):
+    """A conv net for images of up to 32 px (digits, MNIST, CIFAR) that ends, like the
+    paper's ResNet, in a residual block.
+
+    conv3x3-norm-ReLU blocks of width w, 2w, 4w, 8w with 2x2 max-pooling after the second
+    and third block, a :class:`ResidualBlock` of width 8w, then global average pooling: the
+    representation has 8w dimensions. ``norm`` is ``batch`` (BatchNorm) or ``group``
+    (GroupNorm: no batch statistics, so a sample's representation does not depend on the
+    rest of its batch).
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        width: int = 64,
+        norm: str = "batch",
+        zero_init_residual: bool = True,
+    ) -> None:
         super().__init__()
 
         def block(cin: int, cout: int) -> list[nn.Module]:
@@ -56,13 +88,12 @@ class SmallCNN(nn.Module):
             *block(2 * width, 4 * width),
             nn.MaxPool2d(2),
             *block(4 * width, 8 * width),
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(),
         )
+        self.residual = ResidualBlock(8 * width, norm, zero_init_residual)
         self.output_dim = 8 * width
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x)
+        return self.residual(self.features(x)).mean((2, 3))
 
 
 class ResNetBackbone(nn.Module):
@@ -127,7 +158,7 @@ def build_backbone(
     ``cifar`` or ``imagenet`` chooses explicitly (for example to read torchvision's own
     ImageNet ResNet-18)."""
     if name == "small_cnn":
-        return SmallCNN(in_channels, width, norm)
+        return SmallCNN(in_channels, width, norm, zero_init_residual)
     if name == "resnet18":
         return ResNetBackbone(18, in_channels, stem != "imagenet", zero_init_residual, norm)
     if name == "resnet50":

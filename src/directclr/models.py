@@ -34,7 +34,9 @@ class ModelConfig(BaseModel):
     method: Method = "directclr"
     backbone: Backbone = "small_cnn"
     width: int = Field(64, ge=1, description="channels of small_cnn's first block (r: 8*width)")
-    zero_init_residual: bool = Field(False, description="ResNets: last BN of each block at 0")
+    zero_init_residual: bool = Field(
+        True, description="each residual block starts as the identity (last norm scale 0)"
+    )
     norm: Norm = Field("batch", description="backbone normalisation; group has no batch statistics")
     stem: Stem = Field(
         "auto",
@@ -43,11 +45,16 @@ class ModelConfig(BaseModel):
     d0: int | None = Field(
         None, ge=1, description="embedding size of directclr, fixed_low_rank and random_subset"
     )
-    projector_hidden_dim: int = Field(512, ge=1)
-    projector_dim: int = Field(128, ge=1)
+    projector_hidden_dim: int | None = Field(
+        None, ge=1, description="simclr's hidden layer; null: the representation's size"
+    )
+    projector_dim: int = Field(128, ge=1, description="z of simclr and simclr_linear")
 
     @model_validator(mode="after")
     def _check_d0(self) -> ModelConfig:
+        if self.method == "simclr" and self.projector_hidden_dim is None:
+            # The paper's projector is [2048, 2048, 128]: the hidden layer is r's size.
+            self.projector_hidden_dim = representation_dim(self.backbone, self.width)
         if not uses_d0(self.method):
             if self.d0 is not None:
                 users = ", ".join(m for m in METHODS if uses_d0(m))
@@ -149,7 +156,15 @@ def model_from_artifact(artifact: dict[str, Any]) -> ContrastiveModel:
     config = artifact_config(artifact)
     channels = int(artifact["in_channels"])
     model = build_model(config, channels, [0.0] * channels, [1.0] * channels)
-    model.load_state_dict(artifact["state_dict"])
+    state = artifact["state_dict"]
+    if config.backbone == "small_cnn" and not any(".residual." in key for key in state):
+        raise ValueError(
+            "this model file was saved before small_cnn ended in a residual block (the "
+            "paper's architecture), so it cannot be rebuilt by this version: retrain it "
+            "(kedro run --pipeline=<run> --params=pretraining.resume=false), or read it with "
+            "the directclr version that wrote it"
+        )
+    model.load_state_dict(state)
     return model.eval()
 
 

@@ -29,7 +29,7 @@ class LARS(torch.optim.Optimizer):
         lr: float,
         momentum: float = 0.9,
         weight_decay: float = 0.0,
-        eta: float = 0.02,
+        eta: float = 0.001,
     ) -> None:
         defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, adapt=True)
         super().__init__(params, defaults)

@@ -45,7 +45,7 @@ from directclr.distributed import (
     rank_and_world,
     spawn,
 )
-from directclr.losses import info_nce
+from directclr.losses import info_nce, paper_info_nce
 from directclr.models import ContrastiveModel, ModelConfig, build_model
 from directclr.optim import build_optimizer, learning_rate, scaled_lr
 
@@ -73,6 +73,11 @@ class PretrainingConfig(ModelConfig):
     momentum: float = Field(0.9, ge=0, lt=1)
     warmup_epochs: int = Field(2, ge=0)
     temperature: float = Field(0.1, gt=0)
+    loss: Literal["paper", "ntxent"] = Field(
+        "paper",
+        description="paper: InfoNCE with the N-1 other-view negatives, both directions "
+        "averaged (the paper's code); ntxent: SimCLR's, with all 2N-2 others",
+    )
     seed: int = 0
     device: DeviceSetting = "auto"
     precision: Literal["auto", "fp32", "bf16"] = Field(
@@ -485,7 +490,10 @@ def pretrain(
                 # Negatives from the whole global batch; this process's anchors only.
                 z1, z2 = gather_with_grad(z1), gather_with_grad(z2)
                 anchors = (rank * share, (rank + 1) * share)
-                loss = info_nce(z1, z2, config.temperature, anchors)
+                if config.loss == "paper":
+                    loss = paper_info_nce(z1, z2, config.temperature, anchors)
+                else:
+                    loss = info_nce(z1, z2, config.temperature, anchors)
                 run.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 run.optimizer.step()
