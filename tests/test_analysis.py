@@ -3,10 +3,13 @@ import pytest
 import torch
 
 from directclr.analysis import (
+    Spectrum,
     collapsed_dimensions,
     covariance_spectrum,
+    dimensions_below,
     effective_rank,
     embedding_spectrum,
+    find_cliff,
     log_spectrum,
     power_law_fit,
     spectrum_metrics,
@@ -46,10 +49,51 @@ def test_spectrum_matches_numpy_covariance_of_normalised_rows():
 def test_low_rank_embeddings_show_collapsed_dimensions():
     # Rows in a 4-d subspace of 12-d space stay in it after normalising and centring.
     x = _matrix_with_equal_singular_values(400, 12, 4)
-    lam = covariance_spectrum(x)
-    assert collapsed_dimensions(lam, gap_decades=6) == 12 - 4
-    assert collapsed_dimensions(np.ones(5)) == 0
-    assert collapsed_dimensions(np.array([1.0, 1e-3, 1e-5, 0.0]), gap_decades=4) == 2
+    spectrum = embedding_spectrum(x)
+    assert collapsed_dimensions(spectrum) == 12 - 4
+    assert spectrum.numerical_rank == 4 and spectrum.structural_zeros == 0
+    assert dimensions_below(spectrum.eigenvalues, decades=6) == 12 - 4
+    assert dimensions_below(np.ones(5)) == 0
+    assert dimensions_below(np.array([1.0, 1e-3, 1e-5, 0.0]), decades=4) == 2
+
+
+def _spectrum(eigenvalues: np.ndarray, n_samples: int = 100_000) -> Spectrum:
+    lam = np.asarray(eigenvalues, dtype=np.float64)
+    return Spectrum(lam, lam, n_samples)
+
+
+@pytest.mark.parametrize("alpha", [0.5, 1.0, 2.0, 3.0])
+def test_a_smooth_power_law_is_not_collapse(alpha):
+    """i^-2 spans 5.4 decades over 512 dimensions and i^-3 8.1: a fixed 4-decade threshold
+    calls their tails collapsed; the cliff criterion does not."""
+    lam = np.arange(1, 513, dtype=np.float64) ** -alpha
+    spectrum = _spectrum(lam)
+    assert spectrum.numerical_rank == 512
+    assert find_cliff(lam) is None
+    assert collapsed_dimensions(spectrum) == 0
+    assert spectrum_metrics(spectrum)["collapsed_dimensions"] == 0
+
+
+@pytest.mark.parametrize("k", [1, 12, 200])
+def test_a_cliff_of_k_dimensions_gives_exactly_k(k):
+    lam = np.arange(1, 513, dtype=np.float64) ** -1.5
+    lam[512 - k :] *= 1e-6  # the last k fall six decades, still above the float64 floor
+    spectrum = _spectrum(lam)
+    assert spectrum.numerical_rank == 512
+    assert find_cliff(lam) == 512 - k
+    assert collapsed_dimensions(spectrum) == k
+    exact_zeros = lam.copy()
+    exact_zeros[512 - k :] = 0.0  # numerically zero: collapsed too, whether or not a cliff
+    assert collapsed_dimensions(_spectrum(exact_zeros)) == k
+
+
+def test_fewer_vectors_than_dimensions_give_structural_zeros_not_collapse():
+    x = np.random.default_rng(7).standard_normal((100, 256))
+    metrics = spectrum_metrics(embedding_spectrum(x))
+    assert metrics["max_rank"] == 99
+    assert metrics["structural_zeros"] == 256 - 100 + 1
+    assert metrics["numerical_rank"] == 99
+    assert metrics["collapsed_dimensions"] == 0
 
 
 def test_spectrum_rejects_a_single_row():
@@ -74,7 +118,7 @@ def _rows_on_k_axes(d: int, k: int, repeats: int = 25, seed: int = 0) -> np.ndar
 def test_k_equal_singular_values_give_k_live_dimensions_and_effective_rank_k(k):
     x = _rows_on_k_axes(d=12, k=k)
     spectrum = embedding_spectrum(x)
-    metrics = spectrum_metrics(spectrum, gap_decades=4, top_k=k)
+    metrics = spectrum_metrics(spectrum, top_k=k)
     assert metrics["dimensions"] == 12 and metrics["samples"] == len(x)
     assert metrics["max_rank"] == 12
     assert metrics["collapsed_dimensions"] == 12 - k
@@ -85,7 +129,7 @@ def test_k_equal_singular_values_give_k_live_dimensions_and_effective_rank_k(k):
     np.testing.assert_allclose(spectrum.singular_values[:k], np.sqrt(len(x) / k), rtol=1e-5)
     # In float32 the dead directions keep a rounding floor (eigenvalues ~1e-8, singular
     # values ~1e-4 of the live ones): still collapsed, and the rank moves by well under 1%.
-    single = spectrum_metrics(embedding_spectrum(x.astype(np.float32)), gap_decades=4)
+    single = spectrum_metrics(embedding_spectrum(x.astype(np.float32)))
     assert single["collapsed_dimensions"] == 12 - k
     assert single["effective_rank"] == pytest.approx(k, rel=0.01)
 
@@ -121,7 +165,8 @@ def test_fewer_vectors_than_dimensions_cap_the_rank():
     x = np.random.default_rng(5).standard_normal((6, 20))
     metrics = spectrum_metrics(embedding_spectrum(x))
     assert metrics["max_rank"] == 5
-    assert metrics["collapsed_dimensions"] == 20 - 5
+    assert metrics["structural_zeros"] == 20 - 5
+    assert metrics["collapsed_dimensions"] == 0
 
 
 def test_variance_share_of_top_k():
@@ -172,7 +217,7 @@ def test_the_accelerator_path_accumulates_the_same_gram_matrix():
     from directclr import analysis
 
     x = np.abs(np.random.default_rng(6).standard_normal((900, 24))).astype(np.float32)
-    by_blas = analysis._gram_numpy(x, rows=128)
-    by_torch = analysis._gram_torch(torch.from_numpy(x), rows=128)
+    by_blas = analysis._gram_numpy(x, rows=128, dtype=np.dtype("float32"))
+    by_torch = analysis._gram_torch(torch.from_numpy(x), rows=128, dtype=torch.float32)
     for a, b in zip(by_blas, by_torch, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)

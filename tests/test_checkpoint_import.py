@@ -289,7 +289,7 @@ def test_analyze_exports_what_the_imported_model_computes(project):
     assert metrics["method"] == "simclr" and metrics["representation_dim"] == 64
     assert metrics["embedding_dim"] == 16 and 0.1 < metrics["linear_probe_accuracy_r"] <= 1.0
     spectrum = load_json(project, "08_reporting/analyze/spectrum_metrics.json")
-    assert 1.0 < spectrum["r_test"]["effective_rank"] <= 64
+    assert 1.0 < spectrum[f"r_{spectrum['split']}"]["effective_rank"] <= 64
     history = pd.read_csv(latest(project, "07_model_output/analyze/spectrum_history.csv"))
     assert history.empty and list(history.columns) == ["epoch", "step", "vectors", "index",
                                                        "eigenvalue"]  # fmt: skip

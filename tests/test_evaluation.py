@@ -61,14 +61,15 @@ def test_comparison_row_and_markdown():
 
     linear_eval = {"method": "directclr", "d0": 16, "linear_probe_accuracy_r": 0.95,
                    "linear_probe_accuracy_z": 0.9, "knn_accuracy_r": 0.93}  # fmt: skip
-    metrics = {"effective_rank": 10.0, "collapsed_dimensions": 3, "dimensions": 64}
+    metrics = {"effective_rank": 10.0, "collapsed_dimensions": 3, "dimensions": 64,
+               "structural_zeros": 0}  # fmt: skip
     history = pd.DataFrame({"seconds": [1.5, 2.5]})
-    spectrum = {"r_train": metrics, "z_train": metrics}
+    spectrum = {"split": "train", "r_train": metrics, "z_train": metrics}
     row = comparison_row("directclr", linear_eval, spectrum, history)
     assert row["training_seconds"] == pytest.approx(4.0)
     assert row[PAPER_COLUMN] == 62.7 and row["d0"] == 16
     simclr = comparison_row("simclr", {**linear_eval, "method": "simclr"},
-                            {"r_train": metrics, "z_train": metrics}, history)  # fmt: skip
+                            spectrum, history)  # fmt: skip
     assert simclr["d0"] is None and simclr[PAPER_COLUMN] == 66.5
     text = to_markdown(pd.DataFrame([row, simclr]))
     lines = text.strip().splitlines()

@@ -57,8 +57,10 @@ def test_directclr_pipeline_writes_every_artifact_with_sane_metrics(project):
     assert 1.0 < metrics["effective_rank_z"] <= 16
 
     spectrum = load_json(project, "08_reporting/directclr/spectrum_metrics.json")
-    assert set(spectrum) >= {"r_train", "z_train", "r_test", "z_test", "convention"}
-    assert 0 <= spectrum["r_test"]["collapsed_dimensions"] < 64
+    assert spectrum["split"] == "train"  # spectrum.split: one split for every rank and count
+    assert set(spectrum) >= {"r_train", "z_train", "convention"} and "r_test" not in spectrum
+    assert 0 <= spectrum["r_train"]["collapsed_dimensions"] < 64
+    assert spectrum["r_train"]["structural_zeros"] == 0  # 1437 vectors fill 64 dimensions
 
     (checkpoint,) = (project / "data/06_models/directclr/checkpoints").glob("directclr-*.pt")
     assert checkpoint.stat().st_size > 0

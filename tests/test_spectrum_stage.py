@@ -45,28 +45,29 @@ def _model(method: str) -> dict:
     return {"config": {"method": method, "d0": D0}, "state_dict": {}}
 
 
-def test_directclr_spectra_show_that_the_rest_of_the_representation_collapses():
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_directclr_spectra_show_that_the_rest_of_the_representation_collapses(split):
     table, metrics, figure, history_figure = compute_spectrum(
-        _embeddings(), _model("directclr"), _history(), SpectrumConfig()
+        _embeddings(), _model("directclr"), _history(), SpectrumConfig(split=split)
     )
     assert set(table["vectors"]) == {"r", "z", "r[:d0]", "r[d0:]"}
-    assert set(table["split"]) == {"train", "test"}
+    assert set(table["split"]) == {split}  # one split, named by spectrum.split, everywhere
+    assert metrics["split"] == split and not any(k.endswith("_val") for k in metrics)
     assert list(table.columns) == ["vectors", "split", "index", "eigenvalue", "log10_eigenvalue",
                                    "singular_value", "uncentred_eigenvalue"]  # fmt: skip
-    for split in ("train", "test"):
-        tail = metrics[f"r[d0:]_{split}"]
-        assert tail["dimensions"] == DIM - D0
-        assert tail["collapsed_dimensions"] == DIM - D0 - TAIL_RANK
-        assert metrics[f"r[:d0]_{split}"]["collapsed_dimensions"] == 0
-        assert metrics[f"z_{split}"] == metrics[f"r[:d0]_{split}"]  # z is r[:, :d0]
-        assert metrics[f"r_{split}"]["collapsed_dimensions"] == DIM - D0 - TAIL_RANK
-        assert 1 < metrics[f"r_{split}"]["effective_rank"] < D0 + TAIL_RANK
+    tail = metrics[f"r[d0:]_{split}"]
+    assert tail["dimensions"] == DIM - D0
+    assert tail["collapsed_dimensions"] == DIM - D0 - TAIL_RANK
+    assert metrics[f"r[:d0]_{split}"]["collapsed_dimensions"] == 0
+    assert metrics[f"z_{split}"] == metrics[f"r[:d0]_{split}"]  # z is r[:, :d0]
+    assert metrics[f"r_{split}"]["collapsed_dimensions"] == DIM - D0 - TAIL_RANK
+    assert 1 < metrics[f"r_{split}"]["effective_rank"] < D0 + TAIL_RANK
     assert metrics["method"] == "directclr" and metrics["d0"] == D0
     assert "L2-normalised" in metrics["convention"] and "RankMe" in metrics["convention"]
 
-    test_r = table[(table["vectors"] == "r") & (table["split"] == "test")]
-    n_test = len(_embeddings()["test_r"])
-    np.testing.assert_allclose(test_r["singular_value"], np.sqrt(n_test * test_r["eigenvalue"]))
+    rows = table[table["vectors"] == "r"]
+    n = len(_embeddings()[f"{split}_r"])
+    np.testing.assert_allclose(rows["singular_value"], np.sqrt(n * rows["eigenvalue"]))
 
     lines = figure.axes[0].get_legend_handles_labels()[1]
     assert lines == ["r (32-d)", "z (8-d)", "r[:d0] (8-d)", "r[d0:] (24-d)"]
@@ -76,7 +77,7 @@ def test_directclr_spectra_show_that_the_rest_of_the_representation_collapses():
 
 
 def test_other_methods_get_r_and_z_only_and_the_configured_metrics():
-    params = SpectrumConfig(power_law_range=(2, 6), top_k=3)
+    params = SpectrumConfig(split="test", power_law_range=(2, 6), top_k=3)
     embeddings = _embeddings()
     embeddings["test_r"], embeddings["test_z"] = (
         embeddings["test_r"][:20],
@@ -84,20 +85,24 @@ def test_other_methods_get_r_and_z_only_and_the_configured_metrics():
     )
     table, metrics, figure, _ = compute_spectrum(embeddings, _model("simclr"), _history(), params)
     assert set(table["vectors"]) == {"r", "z"}
-    assert set(metrics) >= {"r_train", "z_train", "r_test", "z_test"}
+    assert set(metrics) >= {"r_test", "z_test"} and "r_train" not in metrics
     assert not any(key.startswith("r[") for key in metrics)
     assert metrics["r_test"]["power_law_ranks"] == [2, 6]
     assert metrics["r_test"]["top_k"] == 3
     assert metrics["power_law_range"] == [2, 6]
     # 20 test vectors span at most 19 of r's 32 dimensions: the figure marks where.
     assert metrics["r_test"]["max_rank"] == 19
+    assert metrics["r_test"]["structural_zeros"] == 32 - 19
+    # r lives in 8 + 3 dimensions: of the 19 twenty vectors can fill, 8 are collapsed; the
+    # other 13 are structural zeros, not collapse.
+    assert metrics["r_test"]["collapsed_dimensions"] == 19 - (D0 + TAIL_RANK)
     assert any(text.get_text() == " N - 1" for text in figure.axes[0].texts)
 
 
 @pytest.mark.parametrize(
     "bad",
     [{"power_law_range": [5, 2]}, {"power_law_range": [0, None]}, {"top_k": 0},
-     {"gap_decades": -1}, {"gap": 4}],
+     {"cliff_decades": -1}, {"gap_decades": 4}, {"split": "unlabeled"}],
 )  # fmt: skip
 def test_bad_spectrum_parameters_are_rejected(bad):
     with pytest.raises(ValidationError):

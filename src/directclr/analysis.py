@@ -23,7 +23,12 @@ CONVENTION = (
     "eigenvalues of the covariance C = 1/N sum (u - mean)(u - mean)^T of the L2-normalised "
     "vectors u, descending; singular values of the centred normalised matrix are sqrt(N * "
     "eigenvalue); effective rank (Roy & Vetterli) of those centred singular values; RankMe: "
-    "the same entropy of the singular values of the un-centred normalised matrix"
+    "the same entropy of the singular values of the un-centred normalised matrix; "
+    "structural zeros: the d - (N - 1) eigenvalues N centred vectors cannot fill (never "
+    "counted as collapse); numerical rank: eigenvalues above the noise floor "
+    "lambda_max * d * eps of the Gram product; collapsed dimensions: the numerically zero "
+    "ones within min(N - 1, d), plus those below the largest cliff of the log spectrum (a "
+    "drop of at least cliff_decades between neighbours, locally steeper than i^-cliff_slope)"
 )
 
 
@@ -39,6 +44,28 @@ class Spectrum:
     eigenvalues: np.ndarray
     uncentred_eigenvalues: np.ndarray
     n_samples: int
+    eps: float = float(np.finfo(np.float64).eps)  # machine epsilon of the Gram product
+
+    @property
+    def max_rank(self) -> int:
+        """min(N - 1, d): N centred vectors span at most N - 1 dimensions."""
+        return min(self.n_samples - 1, int(self.eigenvalues.size))
+
+    @property
+    def structural_zeros(self) -> int:
+        """The d - max_rank eigenvalues that are zero whatever the model: too few vectors."""
+        return int(self.eigenvalues.size) - self.max_rank
+
+    @property
+    def noise_floor(self) -> float:
+        """lambda_max * d * eps: eigenvalues below it cannot be told from zero."""
+        lam = self.eigenvalues
+        return float(lam.max()) * lam.size * self.eps if lam.size else 0.0
+
+    @property
+    def numerical_rank(self) -> int:
+        """Eigenvalues above the noise floor of the Gram computation."""
+        return int((self.eigenvalues > self.noise_floor).sum())
 
     @property
     def singular_values(self) -> np.ndarray:
@@ -64,7 +91,9 @@ class Spectrum:
         )
 
 
-def embedding_spectrum(x: torch.Tensor | np.ndarray, chunk_rows: int | None = None) -> Spectrum:
+def embedding_spectrum(
+    x: torch.Tensor | np.ndarray, chunk_rows: int | None = None, precision: str | None = None
+) -> Spectrum:
     """The covariance and second-moment spectra of the L2-normalised rows of ``x``.
 
     One pass over ``x`` in chunks of ``chunk_rows`` rows (default: about 64 MB per chunk):
@@ -77,8 +106,10 @@ def embedding_spectrum(x: torch.Tensor | np.ndarray, chunk_rows: int | None = No
 
     so both come from the one Gram product; the shift keeps the subtraction in C from
     cancelling digits when the vectors share a large mean (ReLU representations do). The
-    product runs in the dtype of ``x`` (float32 or float64; anything else as float32); G, C,
-    M and their eigenvalues are float64. ``x`` is not modified and no normalised or centred
+    product runs in ``precision`` ("float32" or "float64"; default: the dtype of ``x``, and
+    float32 for any other), chunk by chunk; G, C, M and their eigenvalues are float64. The
+    product's machine epsilon sets the noise floor of :attr:`Spectrum.numerical_rank`.
+    ``x`` is not modified and no normalised or centred
     copy of it is made. On CPU the product is a BLAS symmetric rank-k update (half the work
     of x.T @ x) and nothing runs on torch's thread pool; on an accelerator it is a matmul.
     """
@@ -93,16 +124,24 @@ def embedding_spectrum(x: torch.Tensor | np.ndarray, chunk_rows: int | None = No
         raise ValueError(f"need a 2-d matrix with at least 2 rows, got shape {tuple(x.shape)}")
     n, d = x.shape
     rows = chunk_rows or max(1, (1 << 24) // d)
-    gram, total, shift = (_gram_numpy if on_cpu else _gram_torch)(x, rows)
+    name = precision or ("float64" if str(x.dtype).endswith("float64") else "float32")
+    if name not in ("float32", "float64"):
+        raise ValueError(f"precision must be float32 or float64, got {precision!r}")
+    if on_cpu:
+        gram, total, shift = _gram_numpy(x, rows, np.dtype(name))
+    else:
+        gram, total, shift = _gram_torch(x, rows, getattr(torch, name))
     g, m = gram / n, total / n
     covariance = g - np.outer(m, m)
     second_moment = g + np.outer(shift, m) + np.outer(m, shift) + np.outer(shift, shift)
-    return Spectrum(_eigenvalues(covariance), _eigenvalues(second_moment), int(n))
+    eps = float(np.finfo(np.dtype(name)).eps)
+    return Spectrum(_eigenvalues(covariance), _eigenvalues(second_moment), int(n), eps)
 
 
-def _gram_numpy(x: np.ndarray, rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _gram_numpy(
+    x: np.ndarray, rows: int, dtype: np.dtype
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """G, s and c of :func:`embedding_spectrum` with numpy and BLAS syrk (upper triangle)."""
-    dtype = x.dtype if x.dtype in (np.float32, np.float64) else np.float32
     head = x[:1024].astype(np.float64)
     shift = (head / np.maximum(np.linalg.norm(head, axis=1, keepdims=True), 1e-12)).mean(axis=0)
     syrk = blas.ssyrk if dtype == np.float32 else blas.dsyrk
@@ -120,9 +159,10 @@ def _gram_numpy(x: np.ndarray, rows: int) -> tuple[np.ndarray, np.ndarray, np.nd
     return gram + np.triu(gram, 1).T, total, shift
 
 
-def _gram_torch(x: torch.Tensor, rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _gram_torch(
+    x: torch.Tensor, rows: int, dtype: torch.dtype
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """G, s and c of :func:`embedding_spectrum` with torch on ``x``'s device."""
-    dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
     shift = torch.nn.functional.normalize(x[:1024].double(), dim=1).mean(dim=0)
     gram = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64, device=x.device)
     total = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
@@ -172,13 +212,51 @@ def effective_rank(eigenvalues: np.ndarray) -> float:
     return float(np.exp(-(p * np.log(p)).sum()))
 
 
-def collapsed_dimensions(eigenvalues: np.ndarray, gap_decades: float = 4.0) -> int:
-    """Number of eigenvalues more than ``gap_decades`` powers of ten below the largest."""
+def dimensions_below(eigenvalues: np.ndarray, decades: float = 4.0) -> int:
+    """Number of eigenvalues more than ``decades`` powers of ten below the largest (the toys'
+    count: their spectra fall continuously, with no cliff to find)."""
     lam = np.asarray(eigenvalues, dtype=np.float64)
     if lam.size == 0 or lam.max() <= 0:
         return int(lam.size)
-    threshold = lam.max() * 10.0 ** (-gap_decades)
+    threshold = lam.max() * 10.0 ** (-decades)
     return int((lam < threshold).sum())
+
+
+def find_cliff(
+    eigenvalues: np.ndarray, cliff_decades: float = 1.0, cliff_slope: float = 10.0
+) -> int | None:
+    """The rank k after which the log spectrum falls off a cliff, or None.
+
+    A cliff between ranks k and k + 1 is a drop log10(lambda_k / lambda_{k+1}) of at least
+    ``cliff_decades`` that is also locally steeper than a power law i^-``cliff_slope``
+    (the drop over log10((k + 1) / k)). A smooth power law lambda_i ~ i^-alpha drops at most
+    alpha log10(2) decades between neighbours and is exactly as steep as i^-alpha, so with
+    alpha below ``cliff_slope`` it has no cliff. Of several cliffs the deepest is taken.
+    ``eigenvalues`` must be positive (pass those above the noise floor).
+    """
+    lam = np.asarray(eigenvalues, dtype=np.float64)
+    if lam.size < 2 or (lam <= 0).any():
+        return None
+    log_lam = np.log10(lam)
+    drops = log_lam[:-1] - log_lam[1:]
+    ranks = np.arange(1, lam.size)
+    slopes = drops / np.log10((ranks + 1) / ranks)
+    candidates = np.flatnonzero((drops >= cliff_decades) & (slopes >= cliff_slope))
+    if candidates.size == 0:
+        return None
+    return int(ranks[candidates[np.argmax(drops[candidates])]])
+
+
+def collapsed_dimensions(
+    spectrum: Spectrum, cliff_decades: float = 1.0, cliff_slope: float = 10.0
+) -> int:
+    """Dimensions the model has collapsed: within max_rank = min(N - 1, d), those that are
+    numerically zero, plus those below the deepest cliff of the rest (:func:`find_cliff`).
+    The structural zeros of a small set of vectors are never counted."""
+    active = spectrum.eigenvalues[: spectrum.numerical_rank]
+    cliff = find_cliff(active[: spectrum.max_rank], cliff_decades, cliff_slope)
+    reachable = min(spectrum.numerical_rank, spectrum.max_rank)
+    return spectrum.max_rank - (cliff if cliff is not None else reachable)
 
 
 def power_law_fit(
@@ -214,30 +292,38 @@ def variance_share(eigenvalues: np.ndarray, k: int) -> float:
 
 def spectrum_metrics(
     spectrum: Spectrum,
-    gap_decades: float = 4.0,
+    cliff_decades: float = 1.0,
+    cliff_slope: float = 10.0,
     power_law_range: tuple[int, int | None] = (1, None),
     top_k: int = 10,
 ) -> dict[str, float | int | list[int] | None]:
     """The collapse metrics of one spectrum.
 
     ``effective_rank`` is Roy & Vetterli's on the centred singular values, ``rankme`` the
-    same on the un-centred ones; ``collapsed_dimensions`` counts eigenvalues more than
-    ``gap_decades`` decades below the largest; ``power_law_alpha`` and ``power_law_r2`` fit
-    lambda_i ~ i^-alpha over ``power_law_range`` (1-based ranks; an open end stops at the
-    last non-collapsed rank); ``variance_share_top_k`` is the variance in the top ``top_k``.
-    ``max_rank`` = min(N - 1, d): N centred vectors span at most N - 1 dimensions, so with
-    fewer vectors than dimensions d - max_rank of the collapsed ones say nothing about the
-    model. A fit with fewer than two usable ranks gives ``None`` (JSON has no NaN).
+    same on the un-centred ones. ``max_rank`` = min(N - 1, d): N centred vectors span at
+    most N - 1 dimensions, so a set of fewer vectors than dimensions has ``structural_zeros``
+    = d - max_rank eigenvalues that say nothing about the model and are never counted as
+    collapse. ``numerical_rank`` counts eigenvalues above the noise floor of the Gram
+    product; ``collapsed_dimensions`` (:func:`collapsed_dimensions`) those within max_rank
+    that are numerically zero or below the spectrum's deepest cliff. ``power_law_alpha``
+    and ``power_law_r2`` fit lambda_i ~ i^-alpha over ``power_law_range`` (1-based ranks;
+    an open end stops at the last non-collapsed rank); ``variance_share_top_k`` is the
+    variance in the top ``top_k``. A fit with fewer than two usable ranks gives ``None``
+    (JSON has no NaN).
     """
     lam = spectrum.eigenvalues
-    collapsed = collapsed_dimensions(lam, gap_decades)
+    collapsed = collapsed_dimensions(spectrum, cliff_decades, cliff_slope)
     first, last = power_law_range
-    last = lam.size - collapsed if last is None else min(last, lam.size)
+    active = spectrum.max_rank - collapsed
+    last = active if last is None else min(last, lam.size)
     alpha, r2 = power_law_fit(lam, first, last)
     return {
         "dimensions": int(lam.size),
         "samples": spectrum.n_samples,
-        "max_rank": min(spectrum.n_samples - 1, int(lam.size)),
+        "max_rank": spectrum.max_rank,
+        "structural_zeros": spectrum.structural_zeros,
+        "numerical_rank": spectrum.numerical_rank,
+        "noise_floor": spectrum.noise_floor,
         "effective_rank": effective_rank(lam),
         "rankme": effective_rank(spectrum.uncentred_eigenvalues),
         "collapsed_dimensions": collapsed,

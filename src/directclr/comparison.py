@@ -21,9 +21,6 @@ PAPER_TOP1 = {
     "random_subset": 43.0,
 }
 PAPER_COLUMN = "paper top-1 % (ImageNet, ResNet-50; directclr: d0=360)"
-# Ranks and collapse are compared on the training split: it is the larger one, so its
-# spectrum is not cut off by the number of vectors (N - 1) before the dimension is reached.
-SPLIT = "train"
 
 
 def comparison_row(
@@ -31,6 +28,7 @@ def comparison_row(
 ) -> dict[str, object]:
     """One table row: what a run scored, how collapsed it is, and how long it trained."""
     method = linear_eval.get("method")
+    split = spectrum["split"]
     return {
         "run": run,
         "method": method,
@@ -39,12 +37,14 @@ def comparison_row(
         "linear_probe_top1_r": linear_eval["linear_probe_accuracy_r"],
         "linear_probe_top1_z": linear_eval["linear_probe_accuracy_z"],
         "knn_top1_r": linear_eval.get("knn_accuracy_r"),
-        "effective_rank_r": spectrum[f"r_{SPLIT}"]["effective_rank"],
-        "effective_rank_z": spectrum[f"z_{SPLIT}"]["effective_rank"],
-        "collapsed_dims_r": spectrum[f"r_{SPLIT}"]["collapsed_dimensions"],
-        "collapsed_dims_z": spectrum[f"z_{SPLIT}"]["collapsed_dimensions"],
-        "dims_r": spectrum[f"r_{SPLIT}"]["dimensions"],
-        "dims_z": spectrum[f"z_{SPLIT}"]["dimensions"],
+        "spectrum_split": split,
+        "effective_rank_r": spectrum[f"r_{split}"]["effective_rank"],
+        "effective_rank_z": spectrum[f"z_{split}"]["effective_rank"],
+        "collapsed_dims_r": spectrum[f"r_{split}"]["collapsed_dimensions"],
+        "collapsed_dims_z": spectrum[f"z_{split}"]["collapsed_dimensions"],
+        "structural_zeros_r": spectrum[f"r_{split}"]["structural_zeros"],
+        "dims_r": spectrum[f"r_{split}"]["dimensions"],
+        "dims_z": spectrum[f"z_{split}"]["dimensions"],
         "training_seconds": float(history["seconds"].sum()) if "seconds" in history else None,
         PAPER_COLUMN: PAPER_TOP1.get(method),
     }
@@ -71,7 +71,7 @@ def collapse_by_d0(run: str, spectrum: dict) -> pd.DataFrame:
     split, for a run that has a d0; empty for the others."""
     if not uses_d0(spectrum.get("method", "")):
         return pd.DataFrame(columns=["run", "d0", "vectors", "collapsed_dimensions"])
-    suffix = f"_{SPLIT}"
+    suffix = f"_{spectrum['split']}"
     return pd.DataFrame(
         [
             {"run": run, "d0": spectrum["d0"], "vectors": key.removesuffix(suffix),

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from directclr.analysis import collapsed_dimensions, covariance_spectrum, effective_rank
+from directclr.analysis import covariance_spectrum, dimensions_below, effective_rank
 from directclr.losses import info_nce
 from directclr.threads import one_cpu_thread
 
@@ -237,7 +237,7 @@ def strong_augmentation_run(
     summary = {
         "noise": noise,
         "predicted_collapsed": int((first["eigenvalue"] < 0).sum()),
-        "observed_collapsed": collapsed_dimensions(lam, config.gap_decades),
+        "observed_collapsed": dimensions_below(lam, config.gap_decades),
         "negative_x_eigenvalues_final": int((last["eigenvalue"] < 0).sum()),
         "noisy_to_clean_weight_ratio": float(w[:, clean:].norm() / w[:, :clean].norm()),
         "effective_rank": effective_rank(lam),
@@ -323,7 +323,7 @@ def implicit_regularization_run(
                     for i in range(config.dim)
                     for j in range(config.dim)
                 ]  # fmt: skip
-        collapsed.append(collapsed_dimensions(lam, config.gap_decades))
+        collapsed.append(dimensions_below(lam, config.gap_decades))
         losses.append(loss)
 
     on_diagonal = within_collapsed = None

@@ -22,6 +22,7 @@ from directclr.framework.parameters import (
 
 DATA_PREP_NODE = "data_prep.prepare_dataset"
 LINEAR_EVAL_NODE = "linear_eval.evaluate_linear_probe"
+SPECTRUM_NODE = "spectrum.compute_spectrum"
 
 
 class CheckRunBeforeWork:
@@ -42,6 +43,7 @@ class CheckRunBeforeWork:
         self._settings: dict[str, Any] = {}
         self._params: dict[str, Any] = {}
         self._knn = False
+        self._spectrum = False
 
     @hook_impl
     def after_context_created(self, context) -> None:
@@ -77,17 +79,20 @@ class CheckRunBeforeWork:
             catalog.save(f"params:{run}.pretraining", settings)
         names = {node.name for node in pipeline.nodes}
         self._knn = any(name.endswith(LINEAR_EVAL_NODE) for name in names)
-        checks_data = DATA_PREP_NODE not in names and (self._settings or self._knn)
+        self._spectrum = any(name.endswith(SPECTRUM_NODE) for name in names)
+        checks_data = DATA_PREP_NODE not in names and (
+            self._settings or self._knn or self._spectrum
+        )
         if checks_data and "dataset_card" in catalog and catalog.exists("dataset_card"):
             card = catalog.load("dataset_card")
-            check_runs_fit_data(card, self._settings, params, self._knn)
+            check_runs_fit_data(card, self._settings, params, self._knn, self._spectrum)
 
     @hook_impl
     def after_node_run(self, node, outputs: dict[str, Any]) -> None:
         # Kedro saves a node's outputs after this hook: a refused card is never written.
         if node.name == DATA_PREP_NODE:
             card = outputs["dataset_card"]
-            check_runs_fit_data(card, self._settings, self._params, self._knn)
+            check_runs_fit_data(card, self._settings, self._params, self._knn, self._spectrum)
 
 
 def _check_load_versions(load_versions: dict[str, str], catalog) -> None:

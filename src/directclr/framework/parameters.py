@@ -164,10 +164,16 @@ def setting_name(params: dict[str, Any], run: str, key: str) -> str:
 
 
 def check_runs_fit_data(
-    card: dict[str, Any], settings: dict[str, Any], params: dict[str, Any], knn: bool
+    card: dict[str, Any],
+    settings: dict[str, Any],
+    params: dict[str, Any],
+    knn: bool,
+    spectrum: bool = False,
 ) -> None:
-    """Stop before training if a run's batch is larger than the images it trains on, or the
-    kNN probe's k larger than the training split (``knn``: linear_eval is in the run)."""
+    """Stop before training if a run's batch is larger than the images it trains on, the
+    kNN probe's k larger than the training split (``knn``: linear_eval is in the run), or
+    ``spectrum.split`` a split the dataset does not have (``spectrum``: the spectrum stage
+    is in the run)."""
     from directclr.data import pretraining_images
 
     images = pretraining_images(card)
@@ -186,6 +192,13 @@ def check_runs_fit_data(
         problems.append(
             f"linear_eval.knn_k={k} is larger than the {train} training images the kNN probe "
             f"votes with; set linear_eval.knn_k to at most {train}"
+        )
+    split = lookup(params, "spectrum.split")
+    if spectrum and split is not None and split not in card["counts"]:
+        have = ", ".join(s for s in card["counts"] if s != "unlabeled")
+        hint = " (a val split needs data_prep.val_fraction > 0)" if split == "val" else ""
+        problems.append(
+            f"spectrum.split={split}: the dataset has no {split} split{hint}; it has {have}"
         )
     if problems:
         raise ValueError("the runs do not fit the prepared data: " + "; ".join(problems))

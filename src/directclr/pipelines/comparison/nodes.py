@@ -40,7 +40,8 @@ def make_compare_runs(
         )  # fmt: skip
         figure = spectra_overlay_figure(spectra, f"{comparison}: embedding spectra")
         by_d0 = collapsed_vs_d0_figure(
-            pd.concat(collapse, ignore_index=True), f"{comparison}: collapse against d0 (train)"
+            pd.concat(collapse, ignore_index=True),
+            f"{comparison}: collapse against d0 ({spectrum_metrics['split']} split)",
         )
         return table, to_markdown(table), figure, by_d0
 

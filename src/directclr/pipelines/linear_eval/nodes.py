@@ -40,6 +40,7 @@ def evaluate_linear_probe(
     on r[:, :d0]; with the effective ranks beside them and a confusion-matrix figure. The
     method and d0 come from the model artifact."""
     config = artifact_config(model)
+    split = spectrum_metrics["split"]
     train_y, test_y = embeddings["train_labels"].numpy(), embeddings["test_labels"].numpy()
 
     def probe(train_x, test_x):
@@ -69,10 +70,11 @@ def evaluate_linear_probe(
         "linear_probe_accuracy_z": probes["z"]["top1"],
         "linear_probe_accuracy_raw_pixels": probes.get("raw_pixels", {}).get("top1"),
         "knn_accuracy_r": knn,
-        "effective_rank_r": spectrum_metrics["r_test"]["effective_rank"],
-        "effective_rank_z": spectrum_metrics["z_test"]["effective_rank"],
-        "representation_dim": spectrum_metrics["r_test"]["dimensions"],
-        "embedding_dim": spectrum_metrics["z_test"]["dimensions"],
+        "spectrum_split": split,
+        "effective_rank_r": spectrum_metrics[f"r_{split}"]["effective_rank"],
+        "effective_rank_z": spectrum_metrics[f"z_{split}"]["effective_rank"],
+        "representation_dim": spectrum_metrics[f"r_{split}"]["dimensions"],
+        "embedding_dim": spectrum_metrics[f"z_{split}"]["dimensions"],
         "probes": probes,
         "probe": params.model_dump(),
     }
@@ -83,8 +85,8 @@ def evaluate_linear_probe(
     raw_text = f"{metrics['linear_probe_accuracy_raw_pixels']:.4f}" if params.raw_pixels else "-"
     logger.info(
         "linear_eval: linear-probe test accuracy on r %.4f (z %.4f%s, raw pixels %s; kNN %.4f); "
-        "effective rank of r %.1f of %d",
+        "effective rank of r %.1f of %d (%s split)",
         on_r.top1, probes["z"]["top1"], extra, raw_text, knn, metrics["effective_rank_r"],
-        metrics["representation_dim"],
+        metrics["representation_dim"], split,
     )  # fmt: skip
     return metrics, figure

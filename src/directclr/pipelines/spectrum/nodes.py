@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Literal
 
 import matplotlib.pyplot as plt
 import pandas as pd
@@ -15,13 +16,22 @@ from directclr.projectors import has_leading_subvector
 logger = logging.getLogger(__name__)
 
 
+Split = Literal["train", "val", "test"]
+
+
 class SpectrumConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    gap_decades: float = Field(
-        4.0,
-        gt=0,
-        description="an eigenvalue this many powers of ten below the largest is collapsed",
+    split: Split = Field(
+        "train",
+        description="the one split whose vectors give every spectrum, rank and collapse count "
+        "(train: the largest, so N - 1 caps the fewest dimensions)",
+    )
+    cliff_decades: float = Field(
+        1.0, gt=0, description="a cliff drops at least this many decades between neighbours"
+    )
+    cliff_slope: float = Field(
+        10.0, gt=0, description="... and is locally steeper than the power law i^-cliff_slope"
     )
     power_law_range: tuple[int, int | None] = Field(
         (1, None),
@@ -40,17 +50,20 @@ class SpectrumConfig(BaseModel):
 
 
 def vectors_to_analyse(
-    embeddings: dict, config: ModelConfig
-) -> dict[tuple[str, str], torch.Tensor]:
-    """r and z of both splits; for directclr also r[:, :d0] and r[:, d0:], its two parts."""
-    vectors = {}
-    for split in ("train", "test"):
-        r = embeddings[f"{split}_r"]
-        vectors["r", split] = r
-        vectors["z", split] = embeddings[f"{split}_z"]
-        if has_leading_subvector(config.method) and config.d0 < r.shape[1]:
-            vectors["r[:d0]", split] = r[:, : config.d0]
-            vectors["r[d0:]", split] = r[:, config.d0 :]
+    embeddings: dict, config: ModelConfig, split: str
+) -> dict[str, torch.Tensor]:
+    """r and z of ``split``; for directclr also r[:, :d0] and r[:, d0:], its two parts."""
+    if f"{split}_r" not in embeddings:
+        available = sorted(k.removesuffix("_r") for k in embeddings if k.endswith("_r"))
+        raise ValueError(
+            f"spectrum.split={split}: the embeddings have no {split} split (they have "
+            f"{', '.join(available)}); set spectrum.split to one of them"
+        )
+    r = embeddings[f"{split}_r"]
+    vectors = {"r": r, "z": embeddings[f"{split}_z"]}
+    if has_leading_subvector(config.method) and config.d0 < r.shape[1]:
+        vectors["r[:d0]"] = r[:, : config.d0]
+        vectors["r[d0:]"] = r[:, config.d0 :]
     return vectors
 
 
@@ -58,48 +71,54 @@ def compute_spectrum(
     embeddings: dict, model: dict, spectrum_history: pd.DataFrame, params: SpectrumConfig
 ) -> tuple[pd.DataFrame, dict, plt.Figure, plt.Figure]:
     """Spectra and collapse metrics of r and z (for directclr also of r[:, :d0] and r[:, d0:])
-    on both splits, a figure of the test spectra and one of the spectrum over training."""
+    on ``params.split``, a figure of those spectra and one of the spectrum over training."""
     config = artifact_config(model)
-    tables, metrics, test_spectra = [], {}, {}
-    for (name, split), x in vectors_to_analyse(embeddings, config).items():
-        spectrum = embedding_spectrum(x)
+    split = params.split
+    tables, metrics, spectra = [], {}, {}
+    max_rank = None
+    for name, x in vectors_to_analyse(embeddings, config, split).items():
+        spectrum = embedding_spectrum(x, precision="float64")
         tables.append(spectrum.table().assign(vectors=name, split=split))
         metrics[f"{name}_{split}"] = spectrum_metrics(
-            spectrum, params.gap_decades, params.power_law_range, params.top_k
-        )
-        if split == "test":
-            test_spectra[f"{name} ({spectrum.eigenvalues.size}-d)"] = spectrum.eigenvalues
+            spectrum, params.cliff_decades, params.cliff_slope, params.power_law_range,
+            params.top_k,
+        )  # fmt: skip
+        spectra[f"{name} ({spectrum.eigenvalues.size}-d)"] = spectrum.eigenvalues
+        if name == "r":
+            max_rank = spectrum.max_rank
     metrics.update(
+        split=split,
         convention=CONVENTION,
         method=config.method,
         d0=config.d0,
-        gap_decades=params.gap_decades,
+        cliff_decades=params.cliff_decades,
+        cliff_slope=params.cliff_slope,
         power_law_range=list(params.power_law_range),
         top_k=params.top_k,
     )
     columns = ["vectors", "split", "index", "eigenvalue", "log10_eigenvalue", "singular_value",
                "uncentred_eigenvalue"]  # fmt: skip
     table = pd.concat(tables, ignore_index=True)[columns]
-    n_test = len(embeddings["test_r"])
+    r, z = metrics[f"r_{split}"], metrics[f"z_{split}"]
     figure = spectrum_figure(
-        test_spectra,
-        f"{config.method}: embedding spectrum (test)",
-        rank_limit=n_test - 1 if n_test <= metrics["r_test"]["dimensions"] else None,
+        spectra,
+        f"{config.method}: embedding spectrum ({split} split, N = {r['samples']})",
+        rank_limit=max_rank if r["structural_zeros"] else None,
     )
     history_figure = spectrum_history_figure(
         spectrum_history, "spectrum over training (fixed probe batch)", time="epoch"
     )
-    r, z = metrics["r_test"], metrics["z_test"]
     logger.info(
-        "spectrum: embeddings -> spectra (test: effective rank r %.1f of %d, z %.1f of %d; "
-        "collapsed r %d, z %d; RankMe r %.1f)",
-        r["effective_rank"], r["dimensions"], z["effective_rank"], z["dimensions"],
-        r["collapsed_dimensions"], z["collapsed_dimensions"], r["rankme"],
+        "spectrum: embeddings -> spectra (%s split: effective rank r %.1f of %d, z %.1f of %d; "
+        "collapsed r %d, z %d; structural zeros r %d; RankMe r %.1f)",
+        split, r["effective_rank"], r["dimensions"], z["effective_rank"], z["dimensions"],
+        r["collapsed_dimensions"], z["collapsed_dimensions"], r["structural_zeros"], r["rankme"],
     )  # fmt: skip
-    if "r[d0:]_test" in metrics:
+    if f"r[d0:]_{split}" in metrics:
+        head, tail = metrics[f"r[:d0]_{split}"], metrics[f"r[d0:]_{split}"]
         logger.info(
-            "spectrum: directclr r[:d0] collapsed %d of %d, r[d0:] collapsed %d of %d (test)",
-            metrics["r[:d0]_test"]["collapsed_dimensions"], metrics["r[:d0]_test"]["dimensions"],
-            metrics["r[d0:]_test"]["collapsed_dimensions"], metrics["r[d0:]_test"]["dimensions"],
+            "spectrum: directclr r[:d0] collapsed %d of %d, r[d0:] collapsed %d of %d (%s)",
+            head["collapsed_dimensions"], head["dimensions"], tail["collapsed_dimensions"],
+            tail["dimensions"], split,
         )  # fmt: skip
     return table, metrics, figure, history_figure
