@@ -1,13 +1,16 @@
 """The comparison pipelines, on tiny parameters, through a Kedro session."""
 
 import json
+import math
 
+import numpy as np
 import pandas as pd
+import pytest
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 
-from directclr.comparison import PAPER_COLUMN
-from directclr.pipeline_registry import configured_comparisons, register_pipelines
+from directclr.comparison import PAPER_COLUMN, summarise, summary_markdown
+from directclr.pipeline_registry import comparison_layout, configured_comparisons
 from tests.conftest import REPO
 from tests.test_run import versions
 
@@ -15,71 +18,141 @@ TINY = {
     "data_prep": {"max_samples": 300},
     "pretraining": {"epochs": 1, "batch_size": 64, "width": 4, "warmup_epochs": 0,
                     "projector_hidden_dim": 16, "projector_dim": 16},
-    "compare": {"directclr": {"pretraining": {"d0": 8}}},
-    "linear_eval": {"C_grid": [1.0], "max_iter": 200, "raw_pixels": False},
+    "compare": {"directclr": {"pretraining": {"d0": 8}},
+                "random_init": {"pretraining": {"d0": 8}}},
+    "linear_eval": {"C_grid": [1.0], "max_iter": 200},
 }  # fmt: skip
+RUNS = ["random_init", "simclr", "simclr_linear", "no_projector", "directclr"]
 
 
-def _run(project, **kwargs):
+def _two_seeds(project, monkeypatch) -> None:
+    """The project's compare with two seeds. Seeds are read when pipelines are registered,
+    from the configuration of the current folder: run from the project's copy."""
+    monkeypatch.chdir(project)
+    path = project / "conf" / "base" / "parameters_compare.yml"
+    path.write_text(path.read_text().replace("seeds: [0, 1, 2]", "seeds: [0, 1]", 1))
+
+
+def _run(project, params=TINY, **kwargs):
     bootstrap_project(project)
-    with KedroSession.create(project_path=project, runtime_params=TINY) as session:
+    with KedroSession.create(project_path=project, runtime_params=params) as session:
         session.run(**kwargs)
 
 
-def _table(project, index=-1) -> pd.DataFrame:
-    folder = versions(project, "08_reporting/compare/comparison_table.csv")[index]
-    return pd.read_csv(folder / "comparison_table.csv")
+def _latest(project, name: str) -> pd.DataFrame:
+    folder = versions(project, f"08_reporting/compare/{name}")[-1]
+    return pd.read_csv(folder / name)
 
 
-def test_comparisons_are_read_from_the_parameters():
+def test_comparisons_are_read_from_the_parameters_with_seeds_and_a_control():
     runs = configured_comparisons(REPO / "conf")
-    assert runs["compare"] == ["simclr", "simclr_linear", "no_projector", "directclr"]
-    assert runs["projector_ablation"] == ["no_projector", "orthogonal", "simclr_linear",
-                                          "diagonal", "fixed_low_rank", "directclr"]  # fmt: skip
-    assert len(runs["d0_sweep"]) >= 3
-    bootstrap_project(REPO)
-    pipelines = register_pipelines()
-    namespaces = {n.namespace.split(".")[1] for n in pipelines["compare"].nodes
-                  if n.namespace.startswith("compare.")}  # fmt: skip
-    assert namespaces == {"simclr", "simclr_linear", "no_projector", "directclr", "report"}
+    assert runs["compare"] == RUNS
+    assert runs["projector_ablation"] == ["random_init", "no_projector", "orthogonal",
+                                          "simclr_linear", "diagonal", "fixed_low_rank",
+                                          "directclr"]  # fmt: skip
+    assert runs["d0_sweep"][0] == "random_init" and len(runs["d0_sweep"]) >= 4
+    layout = comparison_layout({"compare": {"seeds": [2, 0, 2], "reference": "a", "a": {}}})
+    assert layout == {"compare": (["a"], [2, 0])}
 
 
-def test_compare_writes_one_complete_row_per_run_and_one_run_can_be_redone(project):
+def test_compare_runs_every_method_over_seeds_with_the_untrained_control(project, monkeypatch):
+    _two_seeds(project, monkeypatch)
     _run(project, pipeline_names=["compare"])
-    table = _table(project)
-    assert table["run"].tolist() == ["simclr", "simclr_linear", "no_projector", "directclr"]
-    numeric = [
-        "linear_probe_top1_r", "linear_probe_top1_z", "knn_top1_r", "effective_rank_r",
-        "effective_rank_z", "collapsed_dims_r", "collapsed_dims_z", "training_seconds",
-    ]  # fmt: skip
-    assert table[numeric].notna().all().all()
-    assert table["linear_probe_top1_r"].between(0, 1).all()
-    assert table.set_index("run").loc["directclr", "dims_z"] == 8
-    assert table.set_index("run").loc["no_projector", "dims_z"] == 32
-    assert table[PAPER_COLUMN].tolist() == [66.5, 61.1, 51.5, 62.7]
-    markdown = versions(project, "08_reporting/compare/comparison_table.md")[0]
-    assert (markdown / "comparison_table.md").read_text().count("\n") == 2 + 4
-    assert versions(project, "08_reporting/compare/comparison_spectra.png")
-    assert versions(project, "08_reporting/compare/collapse_vs_d0.png")
+    per_seed = _latest(project, "per_seed_table.csv")
+    assert per_seed["run"].tolist() == [run for run in RUNS for _ in (0, 1)]
+    assert per_seed["seed"].tolist() == [0, 1] * len(RUNS)
+    assert per_seed["spectrum_split"].eq("train").all()
+    numeric = ["linear_probe_top1_r", "linear_probe_top1_z", "knn_top1_r", "effective_rank_r",
+               "effective_rank_z", "collapsed_dims_r", "collapsed_dims_z",
+               "linear_probe_top1_raw_pixels"]  # fmt: skip
+    assert per_seed[numeric].notna().all().all()
+    control = per_seed[per_seed["run"] == "random_init"]
+    assert control["training_seconds"].eq(0).all()  # never trained
+    assert control[PAPER_COLUMN].isna().all()
+    # Two seeds of the control are two random networks: different representations.
+    assert control["effective_rank_r"].nunique() == 2
 
-    # Redo one run with another seed: only its row changes.
-    bootstrap_project(project)
-    params = {**TINY, "compare": {"directclr": {"pretraining": {"d0": 8}},
-                                  "simclr": {"pretraining": {"seed": 7}}}}  # fmt: skip
-    with KedroSession.create(project_path=project, runtime_params=params) as session:
-        session.run(pipeline_names=["compare"], namespaces=["compare.simclr", "compare.report"])
-    again = _table(project)
-    assert len(versions(project, "06_models/compare.simclr/model.pt")) == 2
-    assert len(versions(project, "06_models/compare.directclr/model.pt")) == 1
-    pd.testing.assert_frame_equal(again.drop(index=0), table.drop(index=0), check_exact=True)
-    assert again.loc[0, "linear_probe_top1_r"] != table.loc[0, "linear_probe_top1_r"] or (
-        again.loc[0, "effective_rank_r"] != table.loc[0, "effective_rank_r"]
+    summary = _latest(project, "comparison_table.csv")
+    assert summary["run"].tolist() == RUNS  # the control first
+    by_run = summary.set_index("run")
+    for run in RUNS:  # std over seeds, computed from the per-seed rows (ddof = 1)
+        rows = per_seed[per_seed["run"] == run]["linear_probe_top1_r"]
+        assert by_run.loc[run, "linear_probe_top1_r_mean"] == pytest.approx(rows.mean())
+        assert by_run.loc[run, "linear_probe_top1_r_std"] == pytest.approx(rows.std(ddof=1))
+    diffs = per_seed.pivot(index="seed", columns="run", values="effective_rank_r")
+    paired = diffs["simclr"] - diffs["directclr"]
+    assert by_run.loc["simclr", "effective_rank_r_diff_mean"] == pytest.approx(paired.mean())
+    assert by_run.loc["simclr", "effective_rank_r_diff_se"] == pytest.approx(
+        paired.std(ddof=1) / math.sqrt(2)
     )
+    assert math.isnan(by_run.loc["directclr", "effective_rank_r_diff_mean"])
+    assert by_run.loc["directclr", "dims_z"] == 8 and by_run.loc["no_projector", "dims_z"] == 32
+    assert by_run[PAPER_COLUMN].tolist()[1:] == [66.5, 61.1, 51.5, 62.7]
+    markdown = versions(project, "08_reporting/compare/comparison_table.md")[0]
+    text = (markdown / "comparison_table.md").read_text()
+    assert "± " in text and "reference" in text and "indicative" in text
+    for figure in ("comparison_spectra.png", "collapse_vs_d0.png", "per_seed_table.md"):
+        assert versions(project, f"08_reporting/compare/{figure}")
+
+    # Redo one seed of one run with other settings: only its row changes.
+    params = {**TINY, "compare": {**TINY["compare"], "simclr": {"pretraining": {"lr": 0.01}}}}
+    _run(project, params, pipeline_names=["compare"],
+         namespaces=["compare.simclr.seed_1", "compare.report"])  # fmt: skip
+    again = _latest(project, "per_seed_table.csv")
+    assert len(versions(project, "06_models/compare.simclr.seed_1/model.pt")) == 2
+    assert len(versions(project, "06_models/compare.simclr.seed_0/model.pt")) == 1
+    changed = (again["run"] == "simclr") & (again["seed"] == 1)
+    pd.testing.assert_frame_equal(again[~changed], per_seed[~changed], check_exact=True)
     metrics = json.loads(
-        next(
-            (project / "data/08_reporting/compare.simclr/linear_eval_metrics.json").glob(
-                "*/linear_eval_metrics.json"
-            )
-        ).read_text()  # fmt: skip
-    )
+        next((project / "data/08_reporting/compare.simclr.seed_1").glob(
+            "linear_eval_metrics.json/*/linear_eval_metrics.json")).read_text()
+    )  # fmt: skip
     assert metrics["method"] == "simclr"
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [("seeds: [0, 1, 2]", "seeds: []", r"compare\.seeds=\[\]: give a non-empty list"),
+     ("seeds: [0, 1, 2]", "seeds: [1, 1]", r"compare\.seeds=\[1, 1\] repeats a seed"),
+     ("reference: directclr", "reference: nobody", r"compare\.reference='nobody' is not a run")],
+)  # fmt: skip
+def test_bad_seed_lists_and_references_fail_before_any_work(
+    project, monkeypatch, old, new, message
+):
+    monkeypatch.chdir(project)
+    path = project / "conf" / "base" / "parameters_compare.yml"
+    path.write_text(path.read_text().replace(old, new, 1))
+    with pytest.raises(ValueError, match=message):
+        _run(project, pipeline_names=["compare"])
+    assert not (project / "data" / "03_primary").exists()
+
+
+def test_seeds_changed_with_params_are_refused_not_ignored(project):
+    with pytest.raises(ValueError, match=r"compare\.seeds=\[0\], but .* registered with seeds"):
+        _run(project, {**TINY, "compare": {**TINY["compare"], "seeds": [0]}},
+             pipeline_names=["compare"])  # fmt: skip
+
+
+def test_summary_marks_paired_differences_beyond_two_standard_errors():
+    rows = []
+    for seed in range(3):
+        for run, acc, rank in (("a", 0.90, 10.0), ("b", 0.80, 10.0)):
+            noise = [0.001, -0.002, 0.0015][seed]
+            rows.append({"run": run, "seed": seed, "method": "m", "d0": None,
+                         "spectrum_split": "train", "dims_r": 4, "dims_z": 4,
+                         "structural_zeros_r": 0, PAPER_COLUMN: None,
+                         "linear_probe_top1_r": acc + noise, "effective_rank_r": rank + noise,
+                         **{m: 0.5 for m in ("linear_probe_top1_z", "knn_top1_r",
+                                             "linear_probe_top1_raw_pixels", "effective_rank_z",
+                                             "rankme_r", "numerical_rank_r", "collapsed_dims_r",
+                                             "collapsed_dims_z", "training_seconds")}})  # fmt: skip
+    rows[-1]["effective_rank_r"] += 0.5  # b's rank differs from a's on one seed only
+    summary = summarise(pd.DataFrame(rows), reference="a").set_index("run")
+    assert summary.loc["b", "linear_probe_top1_r_diff_mean"] == pytest.approx(-0.10)
+    assert bool(summary.loc["b", "linear_probe_top1_r_beyond_2se"]) is True
+    assert bool(summary.loc["b", "effective_rank_r_beyond_2se"]) is False
+    assert summary.loc["a", "linear_probe_top1_r_beyond_2se"] is None
+    assert np.isclose(summary.loc["b", "linear_probe_top1_r_std"], pd.Series(
+        [0.801, 0.798, 0.8015]).std(ddof=1))  # fmt: skip
+    text = summary_markdown(summary.reset_index(), "a")
+    assert "-0.1000 ± 0.0000 (> 2 SE)" in text and "indicative" in text

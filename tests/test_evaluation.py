@@ -74,5 +74,5 @@ def test_comparison_row_and_markdown():
     text = to_markdown(pd.DataFrame([row, simclr]))
     lines = text.strip().splitlines()
     assert len(lines) == 4 and lines[1].startswith("|---")
-    assert "| directclr | directclr | 16 | 0.95 |" in lines[2]
+    assert "| directclr | – | directclr | 16 | 0.95 |" in lines[2]  # run, seed, method, d0
     assert "| – |" in lines[3]

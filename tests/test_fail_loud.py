@@ -260,7 +260,7 @@ def test_comparisons_follow_kedro_env_and_a_mismatched_env_flag_is_refused(proje
         "  directclr:\n    pretraining: {method: directclr, d0: 8}\n"
     )
     monkeypatch.chdir(project)
-    assert len(configured_comparisons()["compare"]) == 4
+    assert len(configured_comparisons()["compare"]) == 5  # the control and four methods
     monkeypatch.setenv("KEDRO_ENV", "paper")
     assert configured_comparisons()["compare"] == ["simclr", "directclr"]
     monkeypatch.delenv("KEDRO_ENV")

@@ -1,4 +1,12 @@
-"""Side-by-side comparison of runs, with the paper's ImageNet numbers beside ours."""
+"""Side-by-side comparison of runs over seeds, with the paper's ImageNet numbers beside ours.
+
+Each run of a comparison is trained once per seed. :func:`comparison_row` is one run and
+seed; :func:`summarise` gives, per run, the mean and standard deviation (ddof = 1) of each
+metric over its seeds and, for the linear probe on r and the effective rank of r, the
+paired difference from the reference run over the same seeds: its mean, its standard error
+and whether the mean is more than two standard errors from zero. With few seeds (fewer than
+:data:`CONCLUSIVE_SEEDS`) that test is marked indicative.
+"""
 
 from __future__ import annotations
 
@@ -21,33 +29,143 @@ PAPER_TOP1 = {
     "random_subset": 43.0,
 }
 PAPER_COLUMN = "paper top-1 % (ImageNet, ResNet-50; directclr: d0=360)"
+# Metrics summarised over seeds, and those compared with the reference seed by seed.
+SUMMARISED = (
+    "linear_probe_top1_r", "linear_probe_top1_z", "knn_top1_r", "linear_probe_top1_raw_pixels",
+    "effective_rank_r", "effective_rank_z", "rankme_r", "numerical_rank_r",
+    "collapsed_dims_r", "collapsed_dims_z", "training_seconds",
+)  # fmt: skip
+PAIRED = ("linear_probe_top1_r", "effective_rank_r")
+CONCLUSIVE_SEEDS = 5
+# The control run of every comparison: the default method's architecture, never trained.
+CONTROL = "random_init"
 
 
 def comparison_row(
-    run: str, linear_eval: dict, spectrum: dict, history: pd.DataFrame
+    run: str, linear_eval: dict, spectrum: dict, history: pd.DataFrame, seed: int | None = None
 ) -> dict[str, object]:
-    """One table row: what a run scored, how collapsed it is, and how long it trained."""
+    """One table row: what a run scored with one seed, how collapsed it is, and how long it
+    trained."""
     method = linear_eval.get("method")
     split = spectrum["split"]
+    seconds = history["seconds"].astype(float).sum() if "seconds" in history else None
     return {
         "run": run,
+        "seed": seed,
         "method": method,
         # Metrics written before d0 became per-method carry one for every method.
         "d0": linear_eval.get("d0") if uses_d0(method or "") else None,
         "linear_probe_top1_r": linear_eval["linear_probe_accuracy_r"],
         "linear_probe_top1_z": linear_eval["linear_probe_accuracy_z"],
         "knn_top1_r": linear_eval.get("knn_accuracy_r"),
+        "linear_probe_top1_raw_pixels": linear_eval.get("linear_probe_accuracy_raw_pixels"),
         "spectrum_split": split,
         "effective_rank_r": spectrum[f"r_{split}"]["effective_rank"],
         "effective_rank_z": spectrum[f"z_{split}"]["effective_rank"],
+        "rankme_r": spectrum[f"r_{split}"].get("rankme"),
+        "numerical_rank_r": spectrum[f"r_{split}"].get("numerical_rank"),
         "collapsed_dims_r": spectrum[f"r_{split}"]["collapsed_dimensions"],
         "collapsed_dims_z": spectrum[f"z_{split}"]["collapsed_dimensions"],
         "structural_zeros_r": spectrum[f"r_{split}"]["structural_zeros"],
         "dims_r": spectrum[f"r_{split}"]["dimensions"],
         "dims_z": spectrum[f"z_{split}"]["dimensions"],
-        "training_seconds": float(history["seconds"].sum()) if "seconds" in history else None,
-        PAPER_COLUMN: PAPER_TOP1.get(method),
+        "training_seconds": None if seconds is None else float(seconds),
+        PAPER_COLUMN: None if run == CONTROL else PAPER_TOP1.get(method),
     }
+
+
+def _missing(value: object) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def summarise(per_seed: pd.DataFrame, reference: str) -> pd.DataFrame:
+    """One row per run (in first-seen order): mean and std (ddof = 1) over its seeds of
+    :data:`SUMMARISED`, and for :data:`PAIRED` the difference from ``reference`` paired by
+    seed: ``<metric>_diff_mean``, ``<metric>_diff_se`` (std / sqrt(n)) and
+    ``<metric>_beyond_2se`` (|mean| > 2 se; ``None`` with fewer than two pairs)."""
+    ref = per_seed[per_seed["run"] == reference].set_index("seed")
+    rows = []
+    for run, group in per_seed.groupby("run", sort=False):
+        first = group.iloc[0]
+        row: dict[str, object] = {
+            "run": run, "method": first["method"], "d0": first["d0"], "seeds": len(group),
+            "spectrum_split": first["spectrum_split"], "dims_r": first["dims_r"],
+            "dims_z": first["dims_z"], "structural_zeros_r": first["structural_zeros_r"],
+        }  # fmt: skip
+        for metric in SUMMARISED:
+            values = pd.to_numeric(group[metric], errors="coerce")
+            row[f"{metric}_mean"] = values.mean()
+            row[f"{metric}_std"] = values.std(ddof=1) if len(values) > 1 else math.nan
+        pairs = 0
+        for metric in PAIRED:
+            mine = group.set_index("seed")[metric].astype(float)
+            paired = (mine - ref[metric].astype(float)).dropna()
+            pairs = len(paired)
+            if run == reference:
+                mean = se = math.nan
+                beyond = None
+            else:
+                mean = paired.mean() if pairs else math.nan
+                se = paired.std(ddof=1) / math.sqrt(pairs) if pairs > 1 else math.nan
+                beyond = None if pairs < 2 else bool(abs(mean) > 2 * se)
+            row[f"{metric}_diff_mean"] = mean
+            row[f"{metric}_diff_se"] = se
+            row[f"{metric}_beyond_2se"] = beyond
+        row["paired_seeds"] = 0 if run == reference else pairs
+        row[PAPER_COLUMN] = first[PAPER_COLUMN]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def summary_markdown(summary: pd.DataFrame, reference: str) -> str:
+    """The summary as a readable Markdown table: mean ± std over seeds, and the paired
+    differences from ``reference`` with a mark where they exceed two standard errors."""
+
+    def pm(row: pd.Series, metric: str, digits: int) -> str:
+        mean, std = row[f"{metric}_mean"], row[f"{metric}_std"]
+        if _missing(mean):
+            return "–"
+        spread = "" if _missing(std) else f" ± {std:.{digits}f}"
+        return f"{mean:.{digits}f}{spread}"
+
+    def diff(row: pd.Series, metric: str, digits: int) -> str:
+        if row["run"] == reference:
+            return "reference"
+        mean, se = row[f"{metric}_diff_mean"], row[f"{metric}_diff_se"]
+        beyond = row[f"{metric}_beyond_2se"]
+        if _missing(mean):
+            return "–"
+        mark = "" if _missing(beyond) else (" (> 2 SE)" if beyond else " (within 2 SE)")
+        se_text = "" if _missing(se) else f" ± {se:.{digits}f}"
+        return f"{mean:+.{digits}f}{se_text}{mark}"
+
+    columns = ["run", "seeds", "linear probe r", "linear probe z", "kNN r", "effective rank r",
+               "collapsed dims r", f"Δ probe r vs {reference}", f"Δ eff. rank r vs {reference}",
+               "paper top-1 %"]  # fmt: skip
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    for _, row in summary.iterrows():
+        paper = row[PAPER_COLUMN]
+        cells = [
+            f"{row['run']}", f"{row['seeds']}", pm(row, "linear_probe_top1_r", 4),
+            pm(row, "linear_probe_top1_z", 4), pm(row, "knn_top1_r", 4),
+            pm(row, "effective_rank_r", 1), pm(row, "collapsed_dims_r", 1),
+            diff(row, "linear_probe_top1_r", 4), diff(row, "effective_rank_r", 1),
+            "–" if _missing(paper) else f"{paper:g}",
+        ]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    seeds = int(summary["seeds"].max()) if len(summary) else 0
+    split = summary["spectrum_split"].iloc[0] if len(summary) else "?"
+    notes = [
+        "",
+        f"Mean ± std (ddof = 1) over {seeds} seeds; ranks and collapse on the {split} split; "
+        f"Δ: the difference from {reference} paired by seed, ± its standard error.",
+        f"Raw pixels (no model) probe at {pm(summary.iloc[0], 'linear_probe_top1_raw_pixels', 4)}."
+        if len(summary)
+        else "",
+    ]
+    if seeds < CONCLUSIVE_SEEDS:
+        notes.append(f"With {seeds} seeds the 2-SE marks are indicative only.")
+    return "\n".join(lines + notes) + "\n"
 
 
 def to_markdown(table: pd.DataFrame, digits: int = 4) -> str:

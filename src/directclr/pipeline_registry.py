@@ -8,8 +8,12 @@ analysis parameters. Each stage is also a namespace of its own inside the run, s
 draws the five stages as groups.
 
 Comparisons (``compare``, ``projector_ablation``, ``d0_sweep``) run several such runs side by
-side; their runs are read from the parameters (conf/base/parameters_compare.yml), so adding
-a run there adds a namespace with no code change.
+side, each once per seed of the comparison's ``seeds``: one namespace per run and seed
+(``compare.simclr.seed_0``), so every seed keeps its own versioned artifacts and checkpoint
+and ``--namespaces`` can redo one. The run named ``random_init`` is the control: the same
+stages, with a model that never trained in place of pretraining. Runs and seeds are read
+from the parameters (conf/base/parameters_compare.yml), so adding a run there adds
+namespaces with no code change.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from pathlib import Path
 from kedro.framework.project import settings
 from kedro.pipeline import Pipeline
 
+from directclr.comparison import CONTROL
 from directclr.pipelines import (
     analyze,
     comparison,
@@ -28,6 +33,7 @@ from directclr.pipelines import (
     embeddings,
     linear_eval,
     pretraining,
+    random_init,
     spectrum,
     toy_implicit_regularization,
     toy_strong_augmentation,
@@ -46,6 +52,12 @@ SHARED_PARAMETERS = {
     "params:linear_eval": "params:linear_eval",
 }
 COMPARISONS = ("compare", "projector_ablation", "d0_sweep")
+# Keys of a comparison's parameters that are not runs.
+COMPARISON_SETTINGS = ("seeds", "reference")
+CONTROL_STAGES = {
+    "random_init": random_init.create_pipeline,
+    **{stage: MODEL_STAGES[stage] for stage in ("embeddings", "spectrum", "linear_eval")},
+}
 # An imported encoder: its model comes from a checkpoint, not from pretraining.
 ANALYZE_STAGES = {
     "import_encoder": analyze.create_pipeline,
@@ -77,27 +89,50 @@ def method_pipeline(run: str) -> Pipeline:
     return data_prep_pipeline() + run_pipeline(run)
 
 
-def comparison_pipeline(name: str, runs: list[str]) -> Pipeline:
-    """data_prep once, every run of the comparison, then the side-by-side report."""
-    namespaced = [f"{name}.{run}" for run in runs]
+def seed_namespace(comparison: str, run: str, seed: int) -> str:
+    """The namespace of one run of a comparison with one seed."""
+    return f"{comparison}.{run}.seed_{seed}"
+
+
+def comparison_pipeline(name: str, runs: list[str], seeds: list[int]) -> Pipeline:
+    """data_prep once, every run of the comparison with every seed, then the report."""
+    namespaces = {run: [seed_namespace(name, run, seed) for seed in seeds] for run in runs}
     pipe = data_prep_pipeline()
-    for run in namespaced:
-        pipe += run_pipeline(run)
-    return pipe + comparison.create_pipeline(name, namespaced)
+    for run, spaces in namespaces.items():
+        for space in spaces:
+            pipe += run_pipeline(space, CONTROL_STAGES if run == CONTROL else MODEL_STAGES)
+    return pipe + comparison.create_pipeline(name, namespaces)
+
+
+def comparison_layout(params: dict) -> dict[str, tuple[list[str], list[int]]]:
+    """Each configured comparison's runs (in order) and seeds (duplicates dropped; the
+    project's hook refuses a duplicated or empty list before any work)."""
+    layout = {}
+    for name in COMPARISONS:
+        entries = params.get(name) or {}
+        if not entries:
+            continue
+        runs = [run for run in entries if run not in COMPARISON_SETTINGS]
+        seeds = [int(seed) for seed in dict.fromkeys(entries.get("seeds") or [0])]
+        layout[name] = (runs, seeds)
+    return layout
 
 
 def configured_comparisons(conf_source: Path | None = None) -> dict[str, list[str]]:
     """The runs of each comparison, as configured in the project's parameters of the
     environment named by ``KEDRO_ENV`` (Kedro registers pipelines before it knows a run's
     ``--env``; a run whose ``--env`` lists other runs is stopped by the project's hook)."""
+    return {name: runs for name, (runs, _) in _configured_layout(conf_source).items()}
+
+
+def _configured_layout(conf_source: Path | None = None) -> dict[str, tuple[list[str], list[int]]]:
     source = conf_source or Path.cwd() / settings.CONF_SOURCE
     if not source.is_dir():
         return {}
     loader = settings.CONFIG_LOADER_CLASS(
         conf_source=str(source), env=os.environ.get("KEDRO_ENV"), **settings.CONFIG_LOADER_ARGS
     )
-    params = loader["parameters"]
-    return {name: list(params[name]) for name in COMPARISONS if params.get(name)}
+    return comparison_layout(loader["parameters"])
 
 
 def register_pipelines() -> dict[str, Pipeline]:
@@ -116,7 +151,7 @@ def register_pipelines() -> dict[str, Pipeline]:
     pipelines["data_prep"] = data_prep_pipeline()
     for stage in MODEL_STAGES:
         pipelines[stage] = default.only_nodes_with_tags(stage)
-    for name, runs in configured_comparisons().items():
-        pipelines[name] = comparison_pipeline(name, runs)
+    for name, (runs, seeds) in _configured_layout().items():
+        pipelines[name] = comparison_pipeline(name, runs, seeds)
     pipelines["__default__"] = default
     return pipelines

@@ -92,21 +92,23 @@ def confusion_figure(matrix: np.ndarray, classes: list[str], title: str) -> plt.
     return fig
 
 
-def spectra_overlay_figure(spectra: dict[str, pd.DataFrame], title: str) -> plt.Figure:
-    """Log spectra of r (left) and z (right) on the training split, one line per run."""
-    frames = []
-    for run, table in spectra.items():
-        train = table[table["split"] == "train"]
-        frames.append(train.assign(run=run))
-    frame = pd.concat(frames, ignore_index=True)
+def spectra_overlay_figure(spectra: pd.DataFrame, title: str) -> plt.Figure:
+    """Log spectra of r (left) and z (right), one line per run: the mean over its seeds of
+    log10 eigenvalue at each rank, with a band of +-1 std over seeds.
+
+    ``spectra`` is long: the spectrum stage's tables of every run and seed, with ``run``
+    and ``seed`` columns added."""
+    frame = spectra.copy()
     frame["log10 eigenvalue"] = log_spectrum(frame["eigenvalue"].to_numpy(), floor=1e-20)
+    split = frame["split"].iloc[0] if len(frame) else "?"
+    seeds = frame["seed"].nunique() if "seed" in frame else 1
     sns.set_theme(style="whitegrid")
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=120)
     for ax, kind in zip(axes, ("r", "z"), strict=True):
         sns.lineplot(data=frame[frame["vectors"] == kind], x="index", y="log10 eigenvalue",
-                     hue="run", ax=ax)  # fmt: skip
-        ax.set_title(f"{kind}: covariance eigenvalues of L2-normalised vectors (train)")
-        ax.set_xlabel("singular value rank index")
+                     hue="run", errorbar="sd", ax=ax)  # fmt: skip
+        ax.set_title(f"{kind}: covariance eigenvalues, L2-normalised ({split} split)", fontsize=9)
+        ax.set_xlabel(f"rank index (mean ± std over {seeds} seeds)")
     fig.suptitle(title)
     fig.tight_layout()
     plt.close(fig)
@@ -172,11 +174,14 @@ def collapsed_vs_d0_figure(runs: pd.DataFrame, title: str) -> plt.Figure:
     sns.set_theme(style="whitegrid")
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     sns.lineplot(data=runs.sort_values("d0"), x="d0", y="collapsed_dimensions", hue="vectors",
-                 marker="o", ax=ax)  # fmt: skip
+                 marker="o", errorbar="sd", err_style="bars", ax=ax)  # fmt: skip
     ax.set_ylabel("collapsed dimensions")
-    ax.set_title(title)
+    ax.set_title(f"{title}\n(mean ± std over seeds)", fontsize=10)
     return _finish(
-        fig, ax, "collapsed: covariance eigenvalue (L2-normalised vectors) far below the largest"
+        fig,
+        ax,
+        "collapsed: numerically zero, or below the log spectrum's deepest cliff; "
+        "structural zeros (N - 1 < d) not counted",
     )
 
 

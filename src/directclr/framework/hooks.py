@@ -13,6 +13,7 @@ from kedro.framework.hooks import hook_impl
 
 from directclr.framework.parameters import (
     catalog_text,
+    check_comparison_settings,
     check_known_settings,
     check_runs_fit_data,
     known_settings,
@@ -72,11 +73,16 @@ class CheckRunBeforeWork:
             check_known_settings(run_params.get("runtime_params") or {}, known)
         _check_load_versions(run_params.get("load_versions") or {}, catalog)
         _check_comparisons(pipeline, params, run_params.get("env"))
+        check_comparison_settings(params, _comparisons_in(pipeline))
 
         self._params = params
         self._settings = run_settings_of(params, runs_in(pipeline))
         for run, settings in self._settings.items():
-            catalog.save(f"params:{run}.pretraining", settings)
+            name = f"params:{run}.pretraining"
+            if name in catalog:
+                catalog.save(name, settings)
+            else:  # a comparison's seed namespace has no parameters of its own in the files
+                catalog[name] = settings
         names = {node.name for node in pipeline.nodes}
         self._knn = any(name.endswith(LINEAR_EVAL_NODE) for name in names)
         self._spectrum = any(name.endswith(SPECTRUM_NODE) for name in names)
@@ -123,19 +129,34 @@ def _check_comparisons(pipeline, params: dict[str, Any], env: str | None) -> Non
     pipeline's stops the run, saying how to get the pipeline these parameters describe."""
     from kedro.framework.project import pipelines
 
-    from directclr.pipeline_registry import COMPARISONS
+    from directclr.pipeline_registry import comparison_layout
 
-    present = {run.partition(".")[0] for run in runs_in(pipeline)}
-    for comparison in sorted(present & set(COMPARISONS)):
-        registered = {run.partition(".")[2] for run in runs_in(pipelines[comparison])}
-        configured = set(params.get(comparison) or {})
-        if configured != registered:
+    layout = comparison_layout(params)
+    for comparison in _comparisons_in(pipeline):
+        namespaces = runs_in(pipelines[comparison])
+        registered = sorted({run.split(".")[1] for run in namespaces})
+        runs, seeds = layout.get(comparison) or ([], [])
+        if sorted(runs) != registered:
             raise ValueError(
-                f"the {comparison} pipeline was registered with runs {sorted(registered)}, but "
-                f"the parameters of environment {env!r} list {sorted(configured)}: pipelines "
-                f"are registered before --env is known. Run with the environment variable "
+                f"the {comparison} pipeline was registered with runs {registered}, but the "
+                f"parameters of environment {env!r} list {sorted(runs)}: pipelines are "
+                f"registered before --env is known. Run with the environment variable "
                 f"KEDRO_ENV={env} instead of --env={env}"
             )
+        registered_seeds = sorted({int(run.rsplit("seed_", 1)[1]) for run in namespaces})
+        if sorted(seeds) != registered_seeds:
+            raise ValueError(
+                f"{comparison}.seeds={seeds}, but the {comparison} pipeline was registered with "
+                f"seeds {registered_seeds}: one namespace per seed is made when pipelines are "
+                f"registered, from the parameter files, before --params is read. Change "
+                f"{comparison}.seeds in conf/<env>/parameters_compare.yml instead"
+            )
+
+
+def _comparisons_in(pipeline) -> list[str]:
+    from directclr.pipeline_registry import COMPARISONS
+
+    return sorted({run.partition(".")[0] for run in runs_in(pipeline)} & set(COMPARISONS))
 
 
 class RankZeroWrites:

@@ -16,6 +16,8 @@ from typing import Any
 from pydantic import BaseModel
 
 PRETRAINING_NODE = "pretraining.pretrain_model"
+RANDOM_INIT_NODE = "random_init.initialise_model"
+_SEED_NAMESPACE = re.compile(r"(?P<run>.+)\.seed_(?P<seed>\d+)")
 _RUNTIME_REFERENCE = re.compile(r"\$\{runtime_params:\s*([A-Za-z0-9_.]+)")
 
 
@@ -131,12 +133,22 @@ def lookup(params: dict[str, Any], dotted: str) -> Any:
 
 
 def runs_in(pipeline) -> list[str]:
-    """The runs (namespaces) whose pretraining node is in ``pipeline``."""
+    """The runs (namespaces) whose model comes from pretraining, or from the random_init
+    control, in ``pipeline``."""
     return sorted(
-        node.name.removesuffix(f".{PRETRAINING_NODE}")
+        node.name.rsplit(".", 2)[0]
         for node in pipeline.nodes
-        if node.name.endswith(f".{PRETRAINING_NODE}")
+        if node.name.endswith((f".{PRETRAINING_NODE}", f".{RANDOM_INIT_NODE}"))
     )
+
+
+def _run_parameters(run: str) -> tuple[str, int | None]:
+    """Where a run's own settings live, and the seed its namespace sets: a comparison's
+    ``compare.simclr.seed_2`` reads ``compare.simclr.pretraining`` with seed 2."""
+    match = _SEED_NAMESPACE.fullmatch(run)
+    if match:
+        return match["run"], int(match["seed"])
+    return run, None
 
 
 def run_settings_of(params: dict[str, Any], runs: list[str]) -> dict[str, Any]:
@@ -146,21 +158,50 @@ def run_settings_of(params: dict[str, Any], runs: list[str]) -> dict[str, Any]:
     recipe = params.get("pretraining") or {}
     settings = {}
     for run in runs:
-        overrides = lookup(params, f"{run}.pretraining")
+        owner, seed = _run_parameters(run)
+        overrides = lookup(params, f"{owner}.pretraining")
         if overrides is None:
             raise ValueError(
-                f"parameters {run}.pretraining are missing; add them to "
+                f"parameters {owner}.pretraining are missing; add them to "
                 f"conf/base/parameters_pretraining.yml or parameters_compare.yml"
             )
-        settings[run] = run_settings(recipe, overrides, run)
+        if seed is not None:
+            overrides = {**overrides, "seed": seed}
+        settings[run] = run_settings(recipe, overrides, owner)
     return settings
 
 
 def setting_name(params: dict[str, Any], run: str, key: str) -> str:
     """The name a run's training setting was given by: ``<run>.pretraining.<key>`` if the run
     sets it itself, else the shared ``pretraining.<key>``."""
-    overrides = lookup(params, f"{run}.pretraining") or {}
-    return f"{run}.pretraining.{key}" if key in overrides else f"pretraining.{key}"
+    owner, _ = _run_parameters(run)
+    overrides = lookup(params, f"{owner}.pretraining") or {}
+    return f"{owner}.pretraining.{key}" if key in overrides else f"pretraining.{key}"
+
+
+def check_comparison_settings(params: dict[str, Any], comparisons: list[str]) -> None:
+    """A comparison's ``seeds`` must be a non-empty list of distinct integers and its
+    ``reference`` one of its runs; checked before any work, naming the parameter."""
+    from directclr.pipeline_registry import COMPARISON_SETTINGS
+
+    for name in comparisons:
+        entries = params.get(name) or {}
+        seeds = entries.get("seeds")
+        if not isinstance(seeds, list) or not seeds:
+            raise ValueError(
+                f"{name}.seeds={seeds!r}: give a non-empty list of seeds, e.g. [0, 1, 2]"
+            )
+        if any(isinstance(s, bool) or not isinstance(s, int) for s in seeds):
+            raise ValueError(f"{name}.seeds={seeds}: seeds must be integers")
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"{name}.seeds={seeds} repeats a seed; list each seed once")
+        runs = [run for run in entries if run not in COMPARISON_SETTINGS]
+        reference = entries.get("reference")
+        if reference not in runs:
+            raise ValueError(
+                f"{name}.reference={reference!r} is not a run of {name}; choose one of "
+                f"{', '.join(runs)}"
+            )
 
 
 def check_runs_fit_data(
