@@ -69,7 +69,7 @@ def test_the_small_backbone_ends_in_a_zero_init_residual_block_that_trains_r_d0_
     d0, width = 8, 4
     model = build_model(ModelConfig(method="directclr", width=width, d0=d0), 1, [0.5], [0.25])
     block = model.backbone.residual
-    assert block.norm2.weight.abs().sum() == 0  # starts as the identity
+    assert block.norm3.weight.abs().sum() == 0  # starts as the identity
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     images = torch.rand(32, 1, 8, 8)
 
@@ -84,9 +84,9 @@ def test_the_small_backbone_ends_in_a_zero_init_residual_block_that_trains_r_d0_
     loss_of_one_step()
     optimizer.step()
     loss_of_one_step()  # the gradients after one optimiser step
-    assert block.norm2.weight[:d0].abs().sum() > 0  # the branch now feeds r[:, :d0]
-    for grad in (block.conv2.weight.grad[d0:], block.norm2.weight.grad[d0:],
-                 block.norm2.bias.grad[d0:]):  # fmt: skip
+    assert block.norm3.weight[:d0].abs().sum() > 0  # the branch now feeds r[:, :d0]
+    for grad in (block.conv3.weight.grad[d0:], block.norm3.weight.grad[d0:],
+                 block.norm3.bias.grad[d0:]):  # fmt: skip
         assert torch.count_nonzero(grad) == 0
     previous_conv, previous_norm = model.backbone.features[-3], model.backbone.features[-2]
     assert previous_conv.weight.grad[d0:].abs().sum() > 0

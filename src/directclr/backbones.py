@@ -31,7 +31,9 @@ def norm_layer(kind: str, channels: int) -> nn.Module:
 
 
 class ResidualBlock(nn.Module):
-    """ReLU(x + norm(conv(ReLU(norm(conv(x)))))), ResNet's basic block at constant width.
+    """ResNet-50's bottleneck block at constant width c: ReLU(x + branch(x)), the branch a
+    1x1 conv to c/4 channels, a 3x3 conv, and a 1x1 conv back to c, each followed by a norm
+    (and a ReLU but for the last).
 
     ``zero_init_residual`` sets the last norm's scale to zero, so the block starts as the
     identity. That is what makes DirectCLR work in the paper's ResNet: r[:, d0:] gets no
@@ -42,16 +44,20 @@ class ResidualBlock(nn.Module):
 
     def __init__(self, channels: int, norm: str, zero_init_residual: bool) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-        self.norm1 = norm_layer(norm, channels)
-        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-        self.norm2 = norm_layer(norm, channels)
+        inner = max(1, channels // 4)
+        self.conv1 = nn.Conv2d(channels, inner, 1, bias=False)
+        self.norm1 = norm_layer(norm, inner)
+        self.conv2 = nn.Conv2d(inner, inner, 3, padding=1, bias=False)
+        self.norm2 = norm_layer(norm, inner)
+        self.conv3 = nn.Conv2d(inner, channels, 1, bias=False)
+        self.norm3 = norm_layer(norm, channels)
         if zero_init_residual:
-            nn.init.zeros_(self.norm2.weight)
+            nn.init.zeros_(self.norm3.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        branch = self.norm2(self.conv2(torch.relu(self.norm1(self.conv1(x)))))
-        return torch.relu(x + branch)
+        branch = torch.relu(self.norm1(self.conv1(x)))
+        branch = torch.relu(self.norm2(self.conv2(branch)))
+        return torch.relu(x + self.norm3(self.conv3(branch)))
 
 
 class SmallCNN(nn.Module):
