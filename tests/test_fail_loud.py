@@ -253,7 +253,7 @@ def test_errors_name_the_setting_as_the_user_wrote_it():
 def test_comparisons_follow_kedro_env_and_a_mismatched_env_flag_is_refused(project, monkeypatch):
     from directclr.pipeline_registry import configured_comparisons
 
-    paper = project / "conf" / "paper"
+    paper = project / "conf" / "small"
     paper.mkdir()
     (paper / "parameters_compare.yml").write_text(
         "compare:\n  simclr:\n    pretraining: {method: simclr}\n"
@@ -261,13 +261,13 @@ def test_comparisons_follow_kedro_env_and_a_mismatched_env_flag_is_refused(proje
     )
     monkeypatch.chdir(project)
     assert len(configured_comparisons()["compare"]) == 5  # the control and four methods
-    monkeypatch.setenv("KEDRO_ENV", "paper")
+    monkeypatch.setenv("KEDRO_ENV", "small")
     assert configured_comparisons()["compare"] == ["simclr", "directclr"]
     monkeypatch.delenv("KEDRO_ENV")
     bootstrap_project(project)
     with (
-        pytest.raises(ValueError, match="KEDRO_ENV=paper instead of --env=paper"),
-        KedroSession.create(project_path=project, env="paper", runtime_params=QUICK) as session,
+        pytest.raises(ValueError, match="KEDRO_ENV=small instead of --env=small"),
+        KedroSession.create(project_path=project, env="small", runtime_params=QUICK) as session,
     ):
         session.run(pipeline_names=["compare"])
     assert _written(project) == []

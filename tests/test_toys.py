@@ -16,8 +16,11 @@ from directclr.toys import (
     ImplicitRegularizationConfig,
     StrongAugmentationConfig,
     alignment_matrix,
+    collapse_prediction,
     depth_sweep,
+    dot_product_theory_matrix,
     noise_sweep,
+    principal_cos2,
     theory_matrix,
 )
 from tests.conftest import REPO
@@ -44,9 +47,89 @@ def test_theory_matrix_is_the_papers_sum_over_pairs():
     np.testing.assert_allclose(theory_matrix(weight, x, x_prime, tau), expected / 5, rtol=1e-10)
 
 
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_the_paper_toys_loss_moves_w_by_exactly_w_x_over_n_tau(with_bias):
+    """-dL/dW~ = W~ X~ / (N tau) for the dot-product loss the paper's toy trains, held
+    against autograd in float64."""
+    generator = torch.Generator().manual_seed(1)
+    n, d, tau = 12, 5, 0.1
+    weight = torch.randn(d, d, generator=generator, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(d, generator=generator, dtype=torch.float64, requires_grad=True)
+    bias = bias if with_bias else None
+    x1 = torch.randn(n, d, generator=generator, dtype=torch.float64)
+    x2 = x1 + 0.3 * torch.randn(n, d, generator=generator, dtype=torch.float64)
+    z1, z2 = x1 @ weight.T, x2 @ weight.T
+    if with_bias:
+        z1, z2 = z1 + bias, z2 + bias
+    loss = torch.nn.functional.cross_entropy(z1 @ z2.T / tau, torch.arange(n))
+    loss.backward()
+    matrix = torch.from_numpy(dot_product_theory_matrix(weight, x1, x2, tau, bias))
+    w_tilde = torch.cat([weight, bias[:, None]], 1) if with_bias else weight
+    predicted = w_tilde.detach() @ matrix / (n * tau)
+    observed = -(torch.cat([weight.grad, bias.grad[:, None]], 1) if with_bias else weight.grad)
+    error = (predicted - observed).norm() / observed.norm()
+    assert error < 1e-10
+    torch.testing.assert_close(matrix, matrix.T, rtol=0, atol=1e-12)  # symmetric
+
+
+def test_eq6_is_exact_for_squared_distance_logits_and_an_approximation_otherwise():
+    generator = torch.Generator().manual_seed(2)
+    n, d, tau = 10, 4, 0.5
+    weight = torch.randn(d, d, generator=generator, dtype=torch.float64, requires_grad=True)
+    x1 = torch.randn(n, d, generator=generator, dtype=torch.float64)
+    x2 = x1 + 0.2 * torch.randn(n, d, generator=generator, dtype=torch.float64)
+    logits = -(torch.cdist(x1 @ weight.T, x2 @ weight.T) ** 2) / (2 * tau)
+    torch.nn.functional.cross_entropy(logits, torch.arange(n)).backward()
+    eq6 = torch.from_numpy(theory_matrix(weight, x1, x2, tau, normalise=False))
+    torch.testing.assert_close(weight.detach() @ eq6 / tau, -weight.grad, rtol=1e-10, atol=0)
+    exact = dot_product_theory_matrix(weight, x1, x2, tau)
+    cosine = (exact * eq6.numpy()).sum() / (np.linalg.norm(exact) * np.linalg.norm(eq6.numpy()))
+    assert -1 <= cosine < 0.9999  # related, not the same matrix
+
+
+def test_principal_cos2_compares_subspaces():
+    basis = np.eye(4)
+    assert principal_cos2(basis[:, :2], basis[:, :2]) == pytest.approx(1.0)
+    assert principal_cos2(basis[:, :2], basis[:, 2:]) == pytest.approx(0.0)
+    assert principal_cos2(basis[:, :1], basis[:, :3]) == pytest.approx(1.0)  # contained
+    assert np.isnan(principal_cos2(basis[:, :0], basis[:, :2]))
+
+
+def test_collapse_prediction_compares_negative_directions_of_x_with_collapsed_ones_of_w():
+    config = StrongAugmentationConfig(dim=4, noisy_dims=2, noise_levels=[1.0])
+    matrix = np.diag([-1.0, -1.0, 1.0, 1.0])
+    along = torch.diag(torch.tensor([1e-6, 1e-6, 1.0, 1.0]))  # W collapsed where X < 0
+    across = torch.diag(torch.tensor([1.0, 1.0, 1e-6, 1e-6]))  # ... where X > 0
+    for weight, cos2 in ((along, 1.0), (across, 0.0)):
+        result = collapse_prediction(matrix, weight, config, bias=None)
+        assert result["negative_eigenvalues"] == 2 and result["collapsed_singular_values"] == 2
+        assert result["principal_cos2"] == pytest.approx(cos2, abs=1e-9)
+    healthy = collapse_prediction(matrix, torch.eye(4), config, bias=None)
+    assert healthy["collapsed_singular_values"] == 0 and np.isnan(healthy["principal_cos2"])
+
+
+def test_the_papers_toy_loss_collapses_the_noisy_half_and_tracks_the_prediction():
+    """The paper's case_1 settings, shortened (lr 0.01 for 3,000 steps instead of 0.001 for
+    10,000): strong noise collapses the 8 noisy directions."""
+    config = StrongAugmentationConfig(
+        noise_levels=[0.01, 2.0], steps=3000, record_every=1000, lr=0.01, loss="dot_product",
+        data_pool=10000, bias=True, init="pytorch_default", spectrum="raw", probe_size=1000,
+        probe_fresh=True,
+    )  # fmt: skip
+    _, _, prediction, summary = noise_sweep(config)
+    strong, weak = summary.set_index("noise").loc[2.0], summary.set_index("noise").loc[0.01]
+    assert strong["observed_collapsed"] == 8
+    assert strong["collapsed_singular_values_final"] == 8
+    assert strong["predicted_collapsed"] >= 1  # X~ has negative eigenvalues from the start
+    assert 0.0 <= strong["principal_cos2_final"] <= 1.0
+    assert -1.0 <= strong["cosine_exact_to_eq6_final"] < 0.9999  # Eq. 6 approximates X~
+    assert weak["observed_collapsed"] == 0 and pd.isna(weak["principal_cos2_final"])
+    assert list(prediction["step"].unique()) == [0, 1000, 2000, 3000]
+
+
 def test_strong_noise_collapses_the_noisy_half_and_weak_noise_collapses_nothing():
     config = StrongAugmentationConfig(noise_levels=[0.01, 1.5], steps=600, record_every=300)
-    spectra, theory, summary = noise_sweep(config)
+    spectra, theory, prediction, summary = noise_sweep(config)
     weak, strong = summary.set_index("noise").loc[0.01], summary.set_index("noise").loc[1.5]
 
     final = spectra[spectra["step"] == 600]
@@ -63,6 +146,7 @@ def test_strong_noise_collapses_the_noisy_half_and_weak_noise_collapses_nothing(
 
     assert sorted(spectra["step"].unique()) == [0, 300, 600]
     assert len(spectra) == len(theory) == 2 * 3 * config.dim
+    assert len(prediction) == 2 * 3 and set(prediction["step"]) == {0, 300, 600}
 
 
 def test_two_layers_collapse_along_aligned_directions_and_depth_adds_collapse():
@@ -114,7 +198,8 @@ def test_bad_toy_parameters_are_rejected(model, bad):
 SMALL = {"steps": 40, "record_every": 20, "batch_size": 32, "probe_size": 64}
 ARTIFACTS = {
     "toy_strong_augmentation": ["spectrum_history.csv", "theory_spectrum.csv", "summary.csv",
-                                "metrics.json", "spectrum_history.png", "final_spectrum.png"],
+                                "metrics.json", "spectrum_history.png", "final_spectrum.png",
+                                "collapse_prediction.csv", "collapse_prediction.png"],
     "toy_implicit_regularization": ["spectrum_history.csv", "singular_values.csv",
                                     "alignment.csv", "summary.csv", "metrics.json",
                                     "spectrum_history.png", "final_spectrum.png",

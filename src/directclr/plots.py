@@ -217,3 +217,24 @@ def final_spectrum_figure(history: pd.DataFrame, panel: str, title: str) -> plt.
         f"{panel} {value}": run["eigenvalue"].to_numpy() for value, run in final.groupby(panel)
     }
     return spectrum_figure(spectra, title)
+
+
+def collapse_prediction_figure(prediction: pd.DataFrame, title: str) -> plt.Figure:
+    """Over training, per noise level: how many eigenvalues of the theory's matrix are
+    negative (predicted), how many singular values of W have collapsed (observed), and the
+    mean cos^2 of the principal angles between the two subspaces."""
+    sns.set_theme(style="whitegrid")
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8), dpi=120)
+    frame = prediction.assign(noise=prediction["noise"].astype(str))
+    panels = (("negative_eigenvalues", "predicted: negative eigenvalues of X"),
+              ("collapsed_singular_values", "observed: collapsed singular values of W"),
+              ("principal_cos2", "agreement: mean cos² of principal angles"))  # fmt: skip
+    for ax, (column, label) in zip(axes, panels, strict=True):
+        sns.lineplot(data=frame, x="step", y=column, hue="noise", ax=ax, legend=ax is axes[0])
+        ax.set_title(label, fontsize=9)
+        ax.set_ylabel("")
+    axes[2].set_ylim(-0.05, 1.05)
+    fig.suptitle(title)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig

@@ -1,10 +1,19 @@
 """The paper's two mechanisms of dimensional collapse, each on a toy linear network.
 
-Both toys train z = W_L ... W_1 x on d-dimensional Gaussian data x ~ N(0, I) with InfoNCE
-(:func:`directclr.losses.info_nce`) and plain SGD. The two views of x are
-x + a * e1 and x + a * e2 with e1, e2 ~ N(0, I) and a per-dimension noise amplitude a.
-The embedding spectrum (covariance eigenvalues of the L2-normalised z of a fixed batch of
-clean inputs, :func:`directclr.analysis.covariance_spectrum`) is recorded during training.
+Both toys train z = W_L ... W_1 x (+ b) on d-dimensional Gaussian data x ~ N(0, I) with plain
+SGD. The two views of x are x + a * e1 and x + a * e2 with e1, e2 ~ N(0, I) and a
+per-dimension noise amplitude a. Two settings of every choice exist, selected by the config
+(the ``paper`` configuration environment selects the paper's scripts, toy_task/case_1.py and
+case_2.py of facebookresearch/directclr, setting by setting):
+
+* ``loss``: ``dot_product`` is the paper's toy loss, cross-entropy over the logits
+  z1 . z2^T / tau of unnormalised z, one direction; ``cosine_symmetric`` is SimCLR's
+  NT-Xent on L2-normalised z (:func:`directclr.losses.info_nce`).
+* ``data_pool``: batches drawn without replacement from a fixed pool of samples (the
+  paper's 10,000), or fresh samples every step (``null``).
+* ``spectrum``: eigenvalues of the covariance of raw z (the paper's ``np.cov``) or of
+  L2-normalised z (:func:`directclr.analysis.covariance_spectrum`), on a probe of clean
+  inputs, fixed or drawn afresh at every recording (``probe_fresh``).
 
 1. **Strong augmentation** (Sec. 4 of Jing et al., 2022): one layer, noise of amplitude
    ``noise`` on the last ``noisy_dims`` inputs. Once the noise outweighs the data variance
@@ -22,6 +31,7 @@ clean inputs, :func:`directclr.analysis.covariance_spectrum`) is recorded during
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -29,7 +39,13 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from directclr.analysis import covariance_spectrum, dimensions_below, effective_rank
+from directclr.analysis import (
+    Spectrum,
+    collapsed_dimensions,
+    covariance_spectrum,
+    effective_rank,
+    find_cliff,
+)
 from directclr.losses import info_nce
 from directclr.threads import one_cpu_thread
 
@@ -46,8 +62,34 @@ class ToyTraining(BaseModel):
     temperature: float = Field(0.1, gt=0, description="InfoNCE temperature")
     record_every: int = Field(50, ge=1, description="steps between spectrum recordings")
     probe_size: int = Field(1024, ge=2, description="clean inputs the spectrum is taken on")
-    gap_decades: float = Field(4.0, gt=0, description="collapsed: this many decades down")
+    cliff_decades: float = Field(
+        1.0, gt=0, description="collapsed: below a drop of this many decades between neighbours"
+    )
+    cliff_slope: float = Field(10.0, gt=0, description="... locally steeper than i^-cliff_slope")
     seed: int = 0
+    loss: Literal["cosine_symmetric", "dot_product"] = Field(
+        "cosine_symmetric",
+        description="dot_product: the paper's toy loss (unnormalised z, one direction); "
+        "cosine_symmetric: NT-Xent on L2-normalised z",
+    )
+    data_pool: int | None = Field(
+        None, ge=2, description="draw batches from a fixed pool of this many samples; null: fresh"
+    )
+    spectrum: Literal["normalised", "raw"] = Field(
+        "normalised", description="covariance of L2-normalised z, or of raw z (np.cov's)"
+    )
+    probe_fresh: bool = Field(False, description="draw the probe afresh at every recording")
+    negative_eps: float = Field(
+        1e-3, gt=0, description="X's eigenvalues below -eps * ||X|| predict collapse"
+    )
+
+    @model_validator(mode="after")
+    def _check_pool(self) -> ToyTraining:
+        if self.data_pool is not None and self.data_pool < self.batch_size:
+            raise ValueError(
+                f"data_pool={self.data_pool} must hold at least batch_size={self.batch_size}"
+            )
+        return self
 
 
 class StrongAugmentationConfig(ToyTraining):
@@ -56,6 +98,11 @@ class StrongAugmentationConfig(ToyTraining):
 
     noisy_dims: int = Field(8, ge=1, description="input dimensions the augmentation perturbs")
     noise_levels: list[float] = Field([0.01, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0], min_length=1)
+    bias: bool = Field(False, description="the layer has a bias (the paper's nn.Linear does)")
+    init: Literal["scaled_gaussian", "pytorch_default"] = Field(
+        "scaled_gaussian",
+        description="W ~ N(0, 1/d), or nn.Linear's default (uniform, bound 1/sqrt(d))",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> StrongAugmentationConfig:
@@ -79,6 +126,10 @@ class ImplicitRegularizationConfig(ToyTraining):
     layers: list[int] = Field([1, 2, 3], min_length=1, description="depths to compare")
     init_scale: float = Field(0.1, gt=0, description="largest initial singular value")
     init_decay: float = Field(0.83, gt=0, le=1, description="ratio of consecutive ones")
+    init_basis: Literal["gaussian_qr", "uniform_svd"] = Field(
+        "gaussian_qr",
+        description="U, V: QR of a Gaussian matrix, or the paper's SVD of a uniform one",
+    )
     noise: float = Field(0.1, ge=0, description="weak augmentation on every input dimension")
     lr: float = Field(0.3, gt=0, description="plain SGD learning rate")
 
@@ -89,11 +140,71 @@ class ImplicitRegularizationConfig(ToyTraining):
         return self
 
 
-def embed(x: torch.Tensor, weights: list[torch.Tensor]) -> torch.Tensor:
-    """z = W_L ... W_1 x for a batch of row vectors x."""
+def embed(
+    x: torch.Tensor, weights: list[torch.Tensor], bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """z = W_L ... W_1 x (+ b) for a batch of row vectors x."""
     for weight in weights:
         x = x @ weight.T
-    return x
+    return x if bias is None else x + bias
+
+
+def toy_loss(z1: torch.Tensor, z2: torch.Tensor, config: ToyTraining) -> torch.Tensor:
+    """The configured loss: the paper's toy cross-entropy over z1 . z2^T / tau (one
+    direction, unnormalised), or NT-Xent on L2-normalised z."""
+    if config.loss == "dot_product":
+        logits = z1 @ z2.T / config.temperature
+        return F.cross_entropy(logits, torch.arange(len(z1), device=z1.device))
+    return info_nce(z1, z2, config.temperature)
+
+
+def toy_spectrum(z: torch.Tensor, config: ToyTraining) -> np.ndarray:
+    """Covariance eigenvalues (descending) of the probe's embeddings, as configured: of
+    L2-normalised z, or of raw z with np.cov's convention (centred, divided by N - 1)."""
+    if config.spectrum == "normalised":
+        return covariance_spectrum(z)
+    z = z.detach().double()
+    centred = z - z.mean(dim=0)
+    covariance = centred.T @ centred / (len(z) - 1)
+    return np.clip(torch.linalg.eigvalsh(covariance).numpy()[::-1].copy(), 0.0, None)
+
+
+def observed_collapse(eigenvalues: np.ndarray, config: ToyTraining) -> int:
+    """Collapsed dimensions of an embedding spectrum, by the project's one convention
+    (:func:`directclr.analysis.collapsed_dimensions`): numerically zero, or below the
+    deepest cliff of the log spectrum."""
+    lam = np.asarray(eigenvalues, dtype=np.float64)
+    spectrum = Spectrum(lam, lam, max(config.probe_size, lam.size + 1))
+    return collapsed_dimensions(spectrum, config.cliff_decades, config.cliff_slope)
+
+
+def collapsed_directions(squared: np.ndarray, config: ToyTraining) -> np.ndarray:
+    """Which of ``squared`` (squared singular values, descending) have collapsed: those
+    numerically zero or below the deepest cliff, as :func:`observed_collapse` counts."""
+    floor = squared[0] * squared.size * np.finfo(np.float64).eps if squared.size else 0.0
+    live = int((squared > floor).sum())
+    cliff = find_cliff(squared[:live], config.cliff_decades, config.cliff_slope)
+    first = live if cliff is None else cliff
+    return np.arange(squared.size) >= first
+
+
+class _Data:
+    """The toy's training inputs: fresh Gaussian samples every step, or batches drawn
+    without replacement from a fixed pool (the paper's ``np.random.choice(..., False)``)."""
+
+    def __init__(self, config: ToyTraining, generator: torch.Generator) -> None:
+        self.config, self.generator = config, generator
+        self.pool = (
+            None
+            if config.data_pool is None
+            else torch.randn(config.data_pool, config.dim, generator=generator)
+        )
+
+    def batch(self) -> torch.Tensor:
+        if self.pool is None:
+            return torch.randn(self.config.batch_size, self.config.dim, generator=self.generator)
+        rows = torch.randperm(len(self.pool), generator=self.generator)[: self.config.batch_size]
+        return self.pool[rows]
 
 
 def two_views(
@@ -110,21 +221,23 @@ def train(
     amplitude: torch.Tensor,
     config: ToyTraining,
     generator: torch.Generator,
+    bias: torch.Tensor | None = None,
 ) -> Iterator[tuple[int, float]]:
-    """Plain-SGD InfoNCE training of ``weights`` in place, on fresh Gaussian batches.
+    """Plain-SGD training of ``weights`` (and ``bias``) in place with the configured loss.
 
     Yields (step, mean loss since the last yield) before the first step (loss NaN), every
     ``record_every`` steps and after the last one, so the caller records what it needs.
     """
-    for weight in weights:
-        weight.requires_grad_(True)
-    optimizer = torch.optim.SGD(weights, lr=config.lr)
+    parameters = weights + ([bias] if bias is not None else [])
+    for parameter in parameters:
+        parameter.requires_grad_(True)
+    optimizer = torch.optim.SGD(parameters, lr=config.lr, weight_decay=0)
+    data = _Data(config, generator)
     yield 0, float("nan")
     losses = []
     for step in range(1, config.steps + 1):
-        x = torch.randn(config.batch_size, config.dim, generator=generator)
-        view1, view2 = two_views(x, amplitude, generator)
-        loss = info_nce(embed(view1, weights), embed(view2, weights), config.temperature)
+        view1, view2 = two_views(data.batch(), amplitude, generator)
+        loss = toy_loss(embed(view1, weights, bias), embed(view2, weights, bias), config)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -135,7 +248,12 @@ def train(
 
 
 def theory_matrix(
-    weight: torch.Tensor, view1: torch.Tensor, view2: torch.Tensor, temperature: float
+    weight: torch.Tensor,
+    view1: torch.Tensor,
+    view2: torch.Tensor,
+    temperature: float,
+    normalise: bool = True,
+    bias: torch.Tensor | None = None,
 ) -> np.ndarray:
     """The matrix X of Eq. 6 (Lemma 2 of Jing et al., 2022) on one batch, divided by its size.
 
@@ -148,15 +266,20 @@ def theory_matrix(
     x_i and x'_i the two views of sample i: the weighted covariance of negative pairs (data
     and augmentation) minus the weighted covariance of positive pairs (augmentation only).
     W's singular values along eigenvectors of X with negative eigenvalues decay
-    exponentially (Theorem 1). Here z is L2-normalised as in the InfoNCE that trains the
-    toy, so alpha is that loss's softmax over the other view; like the paper, X leaves out
-    the Jacobian of the normalisation.
+    exponentially (Theorem 1). The identity is exact for a loss whose logits are
+    -|z_i - z'_j|^2 / 2 tau; for the toys' losses it is an approximation (see
+    :func:`dot_product_theory_matrix` for the exact matrix of the paper's toy loss).
+    ``normalise``: alpha from L2-normalised z (as the cosine loss sees them), else from raw
+    z (with ``bias`` added; it cancels in the differences).
     """
     x1, x2 = view1.double(), view2.double()
-    u1 = F.normalize(x1 @ weight.detach().double().T, dim=1)
-    u2 = F.normalize(x2 @ weight.detach().double().T, dim=1)
-    # -|u_i - u'_j|^2 / 2 tau = (u_i . u'_j - 1) / tau: the same softmax as u_i . u'_j / tau.
-    alpha = torch.softmax(u1 @ u2.T / temperature, dim=1)
+    w = weight.detach().double()
+    z1, z2 = x1 @ w.T, x2 @ w.T
+    if bias is not None:
+        z1, z2 = z1 + bias.detach().double(), z2 + bias.detach().double()
+    if normalise:
+        z1, z2 = F.normalize(z1, dim=1), F.normalize(z2, dim=1)
+    alpha = torch.softmax(-(torch.cdist(z1, z2) ** 2) / (2 * temperature), dim=1)
     negatives = alpha - torch.diag(alpha.diagonal())
     row, column = negatives.sum(dim=1), negatives.sum(dim=0)
     negative_pairs = (
@@ -170,22 +293,108 @@ def theory_matrix(
     return ((negative_pairs - positive_pairs) / len(x1)).numpy()
 
 
-def _mean_theory_matrix(
-    weight: torch.Tensor, view1: torch.Tensor, view2: torch.Tensor, config: ToyTraining
+def _with_ones(x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x~ = [x; 1] when the layer has a bias, else x."""
+    return x if bias is None else torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1)
+
+
+def dot_product_theory_matrix(
+    weight: torch.Tensor,
+    view1: torch.Tensor,
+    view2: torch.Tensor,
+    temperature: float,
+    bias: torch.Tensor | None = None,
 ) -> np.ndarray:
-    """X averaged over the probe split into batches of the training batch size."""
-    batches = len(view1) // config.batch_size
+    """The exact matrix of the paper's toy loss, for one batch of N pairs.
+
+    The loss is L = 1/N sum_i [ -s_ii + log sum_j exp(s_ij) ] with s_ij = z_i . z'_j / tau,
+    z = W~ x~, W~ = [W | b] and x~ = [x; 1] (just W and x without a bias). With A the rows
+    x~_i of the first view, B those of the second and P_ij = softmax_j(s_ij),
+
+        dL/dz_i  = (sum_j P_ij z'_j - z'_i) / (N tau),
+        dL/dz'_j = (sum_i P_ij z_i - z_j) / (N tau),
+
+    and collecting dL/dW~ = sum_i dL/dz_i x~_i^T + sum_j dL/dz'_j x~'_j^T gives exactly
+
+        -dL/dW~ = W~ X~ / (N tau),   X~ = B^T A + A^T B - B^T P^T A - A^T P B,
+
+    symmetric, so gradient descent moves W~ by W~ X~: its singular values along
+    eigenvectors of X~ with negative eigenvalues shrink. Returns X~ (float64, not divided).
+    """
+    a = _with_ones(view1.double(), bias)
+    b = _with_ones(view2.double(), bias)
+    w = weight.detach().double()
+    if bias is not None:
+        w = torch.cat([w, bias.detach().double()[:, None]], dim=1)
+    p = torch.softmax((a @ w.T) @ (b @ w.T).T / temperature, dim=1)
+    return (b.T @ a + a.T @ b - b.T @ p.T @ a - a.T @ p @ b).numpy()
+
+
+def training_matrix(
+    weight: torch.Tensor,
+    view1: torch.Tensor,
+    view2: torch.Tensor,
+    config: ToyTraining,
+    bias: torch.Tensor | None = None,
+) -> np.ndarray:
+    """The theory's matrix for the loss the toy trains, per pair: exact for ``dot_product``
+    (:func:`dot_product_theory_matrix` / N, over [x; 1] with a bias), Eq. 6's approximation
+    for ``cosine_symmetric`` (:func:`theory_matrix` on normalised z)."""
+    if config.loss == "dot_product":
+        x = dot_product_theory_matrix(weight, view1, view2, config.temperature, bias)
+        return x / len(view1)
+    return theory_matrix(weight, view1, view2, config.temperature, normalise=True, bias=bias)
+
+
+def _mean_over_batches(function, view1: torch.Tensor, view2: torch.Tensor, size: int):
+    """``function(a, b)`` averaged over the probe views cut into batches of ``size``."""
+    batches = max(1, len(view1) // size)
     return np.mean(
         [
-            theory_matrix(weight, a, b, config.temperature)
+            function(a, b)
             for a, b in zip(
-                view1[: batches * config.batch_size].split(config.batch_size),
-                view2[: batches * config.batch_size].split(config.batch_size),
+                view1[: batches * size].split(size), view2[: batches * size].split(size),
                 strict=True,
             )
         ],
         axis=0,
-    )
+    )  # fmt: skip
+
+
+def principal_cos2(first: np.ndarray, second: np.ndarray) -> float:
+    """Mean cos^2 of the principal angles between the column spans of two orthonormal
+    bases: ||Q1^T Q2||_F^2 / min(k1, k2); 1 when one span contains the other, NaN when
+    either is empty."""
+    if first.shape[1] == 0 or second.shape[1] == 0:
+        return float("nan")
+    overlap = first.T @ second
+    return float((overlap**2).sum() / min(first.shape[1], second.shape[1]))
+
+
+def collapse_prediction(
+    matrix: np.ndarray, weight: torch.Tensor, config: ToyTraining, bias: torch.Tensor | None
+) -> dict[str, float | int]:
+    """Predicted against observed collapse at one moment of training.
+
+    Predicted: the eigenvectors of the theory's matrix with an eigenvalue below
+    -``negative_eps`` times its largest absolute eigenvalue. Observed: the right singular
+    vectors of W (W~ = [W | b] with a bias) whose squared singular value has collapsed
+    (:func:`collapsed_directions`). ``principal_cos2`` compares the two subspaces
+    (:func:`principal_cos2`)."""
+    values, vectors = np.linalg.eigh(matrix)
+    scale = np.abs(values).max() if values.size else 0.0
+    negative = vectors[:, values < -config.negative_eps * scale]
+    w = weight.detach().double()
+    if bias is not None:
+        w = torch.cat([w, bias.detach().double()[:, None]], dim=1)
+    _, sigma, vh = torch.linalg.svd(w, full_matrices=False)
+    sigma, vh = sigma.numpy(), vh.numpy()
+    collapsed = vh[collapsed_directions(sigma**2, config)].T
+    return {
+        "negative_eigenvalues": int(negative.shape[1]),
+        "collapsed_singular_values": int(collapsed.shape[1]),
+        "principal_cos2": principal_cos2(negative, collapsed),
+    }
 
 
 def _probe_generator(config: ToyTraining) -> torch.Generator:
@@ -202,71 +411,135 @@ def _spectrum_rows(lam: np.ndarray, **keys) -> list[dict]:
     return [{**keys, "index": i + 1, "eigenvalue": float(v)} for i, v in enumerate(lam)]
 
 
+def _probe(config: ToyTraining, generator: torch.Generator) -> torch.Tensor:
+    return torch.randn(config.probe_size, config.dim, generator=generator)
+
+
+def initial_layer(
+    config: StrongAugmentationConfig, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The one layer's W (and b, with ``bias``): N(0, 1/d) entries, or nn.Linear's default
+    uniform(-1/sqrt(d), 1/sqrt(d)) for both W and b."""
+    d = config.dim
+    if config.init == "pytorch_default":
+        bound = 1 / d**0.5
+        weight = (torch.rand(d, d, generator=generator) * 2 - 1) * bound
+        bias = (torch.rand(d, generator=generator) * 2 - 1) * bound if config.bias else None
+        return weight, bias
+    weight = torch.randn(d, d, generator=generator) / d**0.5
+    return weight, torch.zeros(d) if config.bias else None
+
+
 @one_cpu_thread()
 def strong_augmentation_run(
     noise: float, config: StrongAugmentationConfig
-) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict]:
     """Train one linear layer with noise ``noise`` on the last ``noisy_dims`` inputs.
 
     Returns the embedding spectrum over training (noise, step, index, eigenvalue), the
-    eigenvalues of the theory's X over training (same columns), and a summary: collapse
-    predicted by X at initialisation (its negative eigenvalues) against the collapse
-    observed at the end, and how much of W acts on the noisy half of the input,
-    ||W[:, noisy]||_F / ||W[:, clean]||_F.
+    eigenvalues of the theory's matrix for the loss trained over training (same columns;
+    :func:`training_matrix`), predicted against observed collapse at every recording
+    (:func:`collapse_prediction`: noise, step, negative_eigenvalues,
+    collapsed_singular_values, principal_cos2), and a summary: collapse predicted at
+    initialisation and at the end against the collapse observed at the end, how much of W
+    acts on the noisy half of the input (||W[:, noisy]||_F / ||W[:, clean]||_F) and, for the
+    paper's dot-product loss, the cosine between its exact matrix and Eq. 6's X.
     """
     generator = torch.Generator().manual_seed(config.seed)
     d, clean = config.dim, config.dim - config.noisy_dims
-    weight = torch.randn(d, d, generator=generator) / d**0.5
+    weight, bias = initial_layer(config, generator)
     amplitude = torch.zeros(d)
     amplitude[clean:] = noise
     probe_generator = _probe_generator(config)
-    probe = torch.randn(config.probe_size, d, generator=probe_generator)
-    probe1, probe2 = two_views(probe, amplitude, probe_generator)
+    probe = _probe(config, probe_generator)
 
-    spectra, theory, losses = [], [], []
-    for step, loss in train([weight], amplitude, config, generator):
+    spectra, theory, predictions, losses = [], [], [], []
+    for step, loss in train([weight], amplitude, config, generator, bias):
+        if config.probe_fresh and step > 0:
+            probe = _probe(config, probe_generator)
+        probe1, probe2 = two_views(probe, amplitude, probe_generator)
         with torch.no_grad():
-            lam = covariance_spectrum(embed(probe, [weight]))
-        x_lam = np.linalg.eigvalsh(_mean_theory_matrix(weight, probe1, probe2, config))[::-1]
+            lam = toy_spectrum(embed(probe, [weight], bias), config)
+        matrix = _mean_over_batches(
+            lambda a, b: training_matrix(weight, a, b, config, bias),
+            probe1, probe2, config.batch_size,
+        )  # fmt: skip
         spectra += _spectrum_rows(lam, noise=noise, step=step)
-        theory += _spectrum_rows(x_lam, noise=noise, step=step)
+        theory += _spectrum_rows(np.linalg.eigvalsh(matrix)[::-1], noise=noise, step=step)
+        predictions.append(
+            {"noise": noise, "step": step, **collapse_prediction(matrix, weight, config, bias)}
+        )
         losses.append(loss)
     spectra, theory = pd.DataFrame(spectra), pd.DataFrame(theory)
-    first, last = theory[theory["step"] == 0], theory[theory["step"] == config.steps]
+    prediction = pd.DataFrame(predictions)
     w = weight.detach()
+    cosine = None
+    if config.loss == "dot_product":
+        exact = _mean_over_batches(
+            lambda a, b: dot_product_theory_matrix(weight, a, b, config.temperature, bias)[:d, :d],
+            probe1, probe2, config.batch_size,
+        )  # fmt: skip
+        eq6 = _mean_over_batches(
+            lambda a, b: theory_matrix(weight, a, b, config.temperature, False, bias),
+            probe1, probe2, config.batch_size,
+        )  # fmt: skip
+        cosine = float((exact * eq6).sum() / (np.linalg.norm(exact) * np.linalg.norm(eq6)))
     summary = {
         "noise": noise,
-        "predicted_collapsed": int((first["eigenvalue"] < 0).sum()),
-        "observed_collapsed": dimensions_below(lam, config.gap_decades),
-        "negative_x_eigenvalues_final": int((last["eigenvalue"] < 0).sum()),
+        "predicted_collapsed": int(prediction["negative_eigenvalues"].iloc[0]),
+        "observed_collapsed": observed_collapse(lam, config),
+        "negative_x_eigenvalues_final": int(prediction["negative_eigenvalues"].iloc[-1]),
+        "collapsed_singular_values_final": int(prediction["collapsed_singular_values"].iloc[-1]),
+        "principal_cos2_final": _none_if_nan(prediction["principal_cos2"].iloc[-1]),
+        "cosine_exact_to_eq6_final": cosine,
         "noisy_to_clean_weight_ratio": float(w[:, clean:].norm() / w[:, :clean].norm()),
         "effective_rank": effective_rank(lam),
-        "smallest_to_largest_eigenvalue": float(lam[-1] / lam[0]),
+        "smallest_to_largest_eigenvalue": float(lam[-1] / lam[0]) if lam[0] > 0 else None,
         "final_loss": losses[-1],
     }
-    return spectra, theory, summary
+    return spectra, theory, prediction, summary
+
+
+def _none_if_nan(value: float) -> float | None:
+    return None if value is None or np.isnan(value) else float(value)
 
 
 def noise_sweep(
     config: StrongAugmentationConfig,
-) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """:func:`strong_augmentation_run` for every noise level: spectra, X spectra, summary."""
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """:func:`strong_augmentation_run` for every noise level: spectra, theory spectra,
+    predicted against observed collapse over training, and the summary."""
     runs = [strong_augmentation_run(noise, config) for noise in config.noise_levels]
-    spectra, theory, summaries = zip(*runs, strict=True)
+    spectra, theory, predictions, summaries = zip(*runs, strict=True)
     return (
         pd.concat(spectra, ignore_index=True),
         pd.concat(theory, ignore_index=True),
+        pd.concat(predictions, ignore_index=True),
         pd.DataFrame(summaries),
     )
 
 
 def initial_weights(
-    layers: int, dim: int, scale: float, decay: float, generator: torch.Generator
+    layers: int,
+    dim: int,
+    scale: float,
+    decay: float,
+    generator: torch.Generator,
+    basis: str = "gaussian_qr",
 ) -> list[torch.Tensor]:
-    """``layers`` matrices U diag(s) V^T, s_k = scale * decay^(k-1), U and V random orthogonal."""
+    """``layers`` matrices U diag(s) V^T, s_k = scale * decay^(k-1), U and V orthogonal:
+    from the QR of two Gaussian matrices (``gaussian_qr``), or the singular vectors of one
+    uniform random matrix (``uniform_svd``, the paper's case_2.py, with scale 1 and decay
+    exp(-0.35))."""
     s = scale * decay ** torch.arange(dim, dtype=torch.float32)
     weights = []
     for _ in range(layers):
+        if basis == "uniform_svd":
+            u, _, vh = torch.linalg.svd(
+                torch.rand(dim, dim, generator=generator, dtype=torch.float64)
+            )
+            weights.append((u @ torch.diag(s.double()) @ vh).float())
+            continue
         u, _ = torch.linalg.qr(torch.randn(dim, dim, generator=generator))
         v, _ = torch.linalg.qr(torch.randn(dim, dim, generator=generator))
         weights.append(u @ torch.diag(s) @ v.T)
@@ -299,14 +572,19 @@ def implicit_regularization_run(
     (the collapsed directions of the two layers read each other, in some order).
     """
     generator = torch.Generator().manual_seed(config.seed)
-    weights = initial_weights(layers, config.dim, config.init_scale, config.init_decay, generator)
+    weights = initial_weights(
+        layers, config.dim, config.init_scale, config.init_decay, generator, config.init_basis
+    )
     amplitude = torch.full((config.dim,), config.noise)
-    probe = torch.randn(config.probe_size, config.dim, generator=_probe_generator(config))
+    probe_generator = _probe_generator(config)
+    probe = _probe(config, probe_generator)
 
     spectra, singular_values, alignments, collapsed, losses = [], [], [], [], []
     for step, loss in train(weights, amplitude, config, generator):
+        if config.probe_fresh and step > 0:
+            probe = _probe(config, probe_generator)
         with torch.no_grad():
-            lam = covariance_spectrum(embed(probe, weights))
+            lam = toy_spectrum(embed(probe, weights), config)
             spectra += _spectrum_rows(lam, layers=layers, step=step)
             for number, weight in enumerate(weights, start=1):
                 sigma = torch.linalg.svdvals(weight.double())
@@ -323,7 +601,7 @@ def implicit_regularization_run(
                     for i in range(config.dim)
                     for j in range(config.dim)
                 ]  # fmt: skip
-        collapsed.append(dimensions_below(lam, config.gap_decades))
+        collapsed.append(observed_collapse(lam, config))
         losses.append(loss)
 
     on_diagonal = within_collapsed = None

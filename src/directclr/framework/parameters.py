@@ -32,12 +32,15 @@ def _section_models() -> dict[str, type[BaseModel]]:
     from directclr.pipelines.embeddings.nodes import EmbeddingsConfig
     from directclr.pipelines.linear_eval.nodes import LinearEvalConfig
     from directclr.pipelines.spectrum.nodes import SpectrumConfig
+    from directclr.toys import ImplicitRegularizationConfig, StrongAugmentationConfig
 
     return {
         "data_prep": DataConfig,
         "embeddings": EmbeddingsConfig,
         "spectrum": SpectrumConfig,
         "linear_eval": LinearEvalConfig,
+        "toy_strong_augmentation": StrongAugmentationConfig,
+        "toy_implicit_regularization": ImplicitRegularizationConfig,
     }
 
 

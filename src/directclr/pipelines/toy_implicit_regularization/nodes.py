@@ -20,8 +20,10 @@ def run_depth_sweep(
     metrics = {
         "runs": json_records(summary),
         "parameters": params.model_dump(),
-        "collapsed": f"embedding eigenvalues more than {params.gap_decades} decades below the "
-        "largest (covariance of L2-normalised z, clean inputs)",
+        "collapsed": "embedding eigenvalues (covariance of "
+        f"{'raw' if params.spectrum == 'raw' else 'L2-normalised'} z, clean inputs) that are "
+        "numerically zero or below the deepest cliff of the log spectrum (a drop of >= "
+        f"{params.cliff_decades} decades, steeper than i^-{params.cliff_slope})",
         "collapsed_rows_aligned_on_diagonal": "of the rows of |V2^T U1| for the collapsed "
         "directions (the smallest singular values), how many have their largest entry on "
         "the diagonal",

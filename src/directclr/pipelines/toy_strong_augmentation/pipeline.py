@@ -11,13 +11,23 @@ def create_pipeline(**kwargs) -> Pipeline:
             Node(
                 run_noise_sweep,
                 inputs=f"params:{NAME}",
-                outputs=["spectrum_history", "theory_spectrum", "summary", "metrics"],
+                outputs=[
+                    "spectrum_history",
+                    "theory_spectrum",
+                    "collapse_prediction",
+                    "summary",
+                    "metrics",
+                ],  # fmt: skip
                 name="run_noise_sweep",
             ),
             Node(
                 plot_noise_sweep,
-                inputs="spectrum_history",
-                outputs=["spectrum_history_figure", "final_spectrum_figure"],
+                inputs=["spectrum_history", "collapse_prediction"],
+                outputs=[
+                    "spectrum_history_figure",
+                    "final_spectrum_figure",
+                    "collapse_prediction_figure",
+                ],  # fmt: skip
                 name="plot_noise_sweep",
             ),
         ],
