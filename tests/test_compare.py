@@ -71,6 +71,12 @@ def test_compare_runs_every_method_over_seeds_with_the_untrained_control(project
     assert control[PAPER_COLUMN].isna().all()
     # Two seeds of the control are two random networks: different representations.
     assert control["effective_rank_r"].nunique() == 2
+    # DirectCLR's two parts, probed and ranked apart, beside the control of the same shape.
+    parts = ["linear_probe_top1_r_head", "linear_probe_top1_r_tail", "effective_rank_r_head",
+             "effective_rank_r_tail"]  # fmt: skip
+    for run in ("random_init", "directclr"):
+        assert per_seed[per_seed["run"] == run][parts].notna().all().all()
+    assert per_seed[per_seed["run"] == "simclr"][parts].isna().all().all()
 
     summary = _latest(project, "comparison_table.csv")
     assert summary["run"].tolist() == RUNS  # the control first
@@ -143,6 +149,9 @@ def test_summary_marks_paired_differences_beyond_two_standard_errors():
                          "structural_zeros_r": 0, PAPER_COLUMN: None,
                          "linear_probe_top1_r": acc + noise, "effective_rank_r": rank + noise,
                          **{m: 0.5 for m in ("linear_probe_top1_z", "knn_top1_r",
+                                             "linear_probe_top1_r_head",
+                                             "linear_probe_top1_r_tail", "effective_rank_r_head",
+                                             "effective_rank_r_tail",
                                              "linear_probe_top1_raw_pixels", "effective_rank_z",
                                              "rankme_r", "numerical_rank_r", "collapsed_dims_r",
                                              "collapsed_dims_z", "training_seconds")}})  # fmt: skip

@@ -1,6 +1,7 @@
 """Failures that once passed silently, each reproduced as a new user would meet it."""
 
 import argparse
+import json
 import math
 from pathlib import Path
 
@@ -228,6 +229,20 @@ def test_knn_k_larger_than_the_training_set_is_refused_not_silently_reduced(proj
     with pytest.raises(ValueError, match="linear_eval.knn_k=500 is larger than the 300"):
         _session_run(project, quick, pipeline_names=["directclr"])
     assert _written(project) == []
+
+
+def test_a_spectrum_split_the_dataset_lacks_is_refused_before_any_work(project):
+    quick = _merged(QUICK, {"spectrum": {"split": "val"}})
+    with pytest.raises(ValueError, match=r"spectrum\.split=val: the dataset has no val split"):
+        _session_run(project, quick, pipeline_names=["directclr"])
+    assert _written(project) == []
+    # With a val split the same setting works, and every count is taken on it.
+    _session_run(project, _merged(quick, {"data_prep": {"val_fraction": 0.2}}),
+                 pipeline_names=["directclr"])  # fmt: skip
+    (metrics,) = (project / "data/08_reporting/directclr").glob(
+        "spectrum_metrics.json/*/spectrum_metrics.json"
+    )
+    assert json.loads(metrics.read_text())["split"] == "val"
 
 
 def test_warmup_longer_than_the_run_is_refused():

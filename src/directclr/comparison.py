@@ -32,9 +32,12 @@ PAPER_COLUMN = "paper top-1 % (ImageNet, ResNet-50; directclr: d0=360)"
 # Metrics summarised over seeds, and those compared with the reference seed by seed.
 SUMMARISED = (
     "linear_probe_top1_r", "linear_probe_top1_z", "knn_top1_r", "linear_probe_top1_raw_pixels",
-    "effective_rank_r", "effective_rank_z", "rankme_r", "numerical_rank_r",
-    "collapsed_dims_r", "collapsed_dims_z", "training_seconds",
+    "linear_probe_top1_r_head", "linear_probe_top1_r_tail",
+    "effective_rank_r", "effective_rank_z", "effective_rank_r_head", "effective_rank_r_tail",
+    "rankme_r", "numerical_rank_r", "collapsed_dims_r", "collapsed_dims_z", "training_seconds",
 )  # fmt: skip
+# For DirectCLR's architecture (the control's too): r[:, :d0] (head) and r[:, d0:] (tail).
+HEAD, TAIL = "r[:d0]", "r[d0:]"
 PAIRED = ("linear_probe_top1_r", "effective_rank_r")
 CONCLUSIVE_SEEDS = 5
 # The control run of every comparison: the default method's architecture, never trained.
@@ -49,6 +52,7 @@ def comparison_row(
     method = linear_eval.get("method")
     split = spectrum["split"]
     seconds = history["seconds"].astype(float).sum() if "seconds" in history else None
+    probes = linear_eval.get("probes", {})
     return {
         "run": run,
         "seed": seed,
@@ -59,6 +63,10 @@ def comparison_row(
         "linear_probe_top1_z": linear_eval["linear_probe_accuracy_z"],
         "knn_top1_r": linear_eval.get("knn_accuracy_r"),
         "linear_probe_top1_raw_pixels": linear_eval.get("linear_probe_accuracy_raw_pixels"),
+        "linear_probe_top1_r_head": probes.get(HEAD, {}).get("top1"),
+        "linear_probe_top1_r_tail": probes.get(TAIL, {}).get("top1"),
+        "effective_rank_r_head": spectrum.get(f"{HEAD}_{split}", {}).get("effective_rank"),
+        "effective_rank_r_tail": spectrum.get(f"{TAIL}_{split}", {}).get("effective_rank"),
         "spectrum_split": split,
         "effective_rank_r": spectrum[f"r_{split}"]["effective_rank"],
         "effective_rank_z": spectrum[f"z_{split}"]["effective_rank"],
@@ -139,8 +147,13 @@ def summary_markdown(summary: pd.DataFrame, reference: str) -> str:
         se_text = "" if _missing(se) else f" ± {se:.{digits}f}"
         return f"{mean:+.{digits}f}{se_text}{mark}"
 
+    def parts(row: pd.Series, metric: str, digits: int) -> str:
+        head, tail = pm(row, f"{metric}_head", digits), pm(row, f"{metric}_tail", digits)
+        return "–" if head == tail == "–" else f"{head} / {tail}"
+
     columns = ["run", "seeds", "linear probe r", "linear probe z", "kNN r", "effective rank r",
                "collapsed dims r", f"Δ probe r vs {reference}", f"Δ eff. rank r vs {reference}",
+               "probe r[:d0] / r[d0:]", "eff. rank r[:d0] / r[d0:]",
                "paper top-1 %"]  # fmt: skip
     lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
     for _, row in summary.iterrows():
@@ -150,6 +163,7 @@ def summary_markdown(summary: pd.DataFrame, reference: str) -> str:
             pm(row, "linear_probe_top1_z", 4), pm(row, "knn_top1_r", 4),
             pm(row, "effective_rank_r", 1), pm(row, "collapsed_dims_r", 1),
             diff(row, "linear_probe_top1_r", 4), diff(row, "effective_rank_r", 1),
+            parts(row, "linear_probe_top1_r", 4), parts(row, "effective_rank_r", 1),
             "–" if _missing(paper) else f"{paper:g}",
         ]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")

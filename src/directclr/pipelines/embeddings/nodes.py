@@ -29,10 +29,11 @@ def split_images(dataset: dict, split: str, params: EmbeddingsConfig):
 
 
 def export_embeddings(model: dict, dataset: dict, params: EmbeddingsConfig) -> dict:
-    """Representations r and embeddings z of both splits, with their labels."""
+    """Representations r and embeddings z of every labelled split (train, val when the
+    dataset has one, test), with their labels."""
     frozen = model_from_artifact(model)
     out = {}
-    for split in ("train", "test"):
+    for split in (s for s in ("train", "val", "test") if f"{s}_labels" in dataset):
         r, z = encode(frozen, split_images(dataset, split, params), params.batch_size,
                       params.device)  # fmt: skip
         out[f"{split}_r"], out[f"{split}_z"] = r, z

@@ -54,10 +54,13 @@ def evaluate_linear_probe(
         "r": on_r.as_dict(),
         "z": probe(embeddings["train_z"], embeddings["test_z"]).as_dict(),
     }
-    if has_leading_subvector(config.method):
+    if has_leading_subvector(config.method) and config.d0 < embeddings["train_r"].shape[1]:
+        # DirectCLR's two parts: the one the loss sees, and the rest, trained only through
+        # the last block's identity path.
         d0 = config.d0
-        sub = probe(embeddings["train_r"][:, :d0], embeddings["test_r"][:, :d0])
-        probes["r[:d0]"] = sub.as_dict()
+        head = probe(embeddings["train_r"][:, :d0], embeddings["test_r"][:, :d0])
+        tail = probe(embeddings["train_r"][:, d0:], embeddings["test_r"][:, d0:])
+        probes["r[:d0]"], probes["r[d0:]"] = head.as_dict(), tail.as_dict()
     if params.raw_pixels:
         raw = probe(materialize(dataset, "train"), materialize(dataset, "test"))
         probes["raw_pixels"] = raw.as_dict()
@@ -81,7 +84,11 @@ def evaluate_linear_probe(
     classes = dataset.get("classes") or [str(c) for c in range(on_r.confusion.shape[0])]
     figure = confusion_figure(on_r.confusion, list(classes),
                               f"linear probe on r: top-1 {on_r.top1:.4f}")  # fmt: skip
-    extra = f", r[:d0] {probes['r[:d0]']['top1']:.4f}" if "r[:d0]" in probes else ""
+    extra = (
+        f", r[:d0] {probes['r[:d0]']['top1']:.4f}, r[d0:] {probes['r[d0:]']['top1']:.4f}"
+        if "r[:d0]" in probes
+        else ""
+    )
     raw_text = f"{metrics['linear_probe_accuracy_raw_pixels']:.4f}" if params.raw_pixels else "-"
     logger.info(
         "linear_eval: linear-probe test accuracy on r %.4f (z %.4f%s, raw pixels %s; kNN %.4f); "
