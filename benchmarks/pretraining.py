@@ -1,8 +1,8 @@
 """What augmentation costs the pretraining loop: the project's loop against three references.
 
-One model (directclr.models.SmallCNN at its default width, the directclr method), batch 256 of
+One model (directclr.backbones.SmallCNN at its default width, the directclr method), batch 256 of
 28x28 RGB uint8 images, SimCLR's two-view recipe (TwoViewAugmentation's defaults), the same
-loss (directclr.losses.info_nce) and optimizer (AdamW), measured in one process:
+loss (directclr.losses.paper_info_nce, the default) and optimizer (AdamW), in one process:
 
 (a) the project's loop: ``directclr.training.pretrain`` on one batch of images for a few
     epochs, so its history's images/s is one step per epoch (the effective-rank probe at the
@@ -39,7 +39,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from directclr.losses import info_nce
+from directclr.losses import paper_info_nce
 from directclr.models import build_model
 from directclr.training import PretrainingConfig, pretrain
 
@@ -86,7 +86,7 @@ def plain_loop(
         with autocast:
             _, z = model(views.contiguous(memory_format=memory_format))
         z1, z2 = z.chunk(2)
-        loss = info_nce(z1, z2, config.temperature)
+        loss = paper_info_nce(z1, z2, config.temperature)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -135,7 +135,9 @@ def main() -> None:
     labels = torch.from_numpy(rng.integers(0, 10, len(pool)))
     mean = (images.float() / 255).mean(dim=(0, 2, 3)).tolist()
     std = (images.float() / 255).std(dim=(0, 2, 3)).tolist()
-    config = PretrainingConfig(batch_size=BATCH, epochs=steps, rank_every=steps, device=args.device)
+    config = PretrainingConfig(
+        batch_size=BATCH, epochs=steps, warmup_epochs=0, rank_every=steps, device=args.device
+    )
 
     def project_loop() -> list[float]:
         history = pretrain(images[:BATCH], labels[:BATCH], config, mean, std)[1]
