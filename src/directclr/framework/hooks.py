@@ -45,12 +45,14 @@ class CheckRunBeforeWork:
         self._params: dict[str, Any] = {}
         self._knn = False
         self._spectrum = False
+        # The parameter files' settings and the catalog's text, read with the context; the
+        # settings a --params key may name are derived from them when a run is checked.
+        self._files: tuple[dict[str, Any], str] | None = None
 
     @hook_impl
     def after_context_created(self, context) -> None:
         loader = context.config_loader
         if not isinstance(loader, OmegaConfigLoader):
-            self._known = None
             return
         from_files = OmegaConfigLoader(
             conf_source=loader.conf_source,
@@ -61,15 +63,13 @@ class CheckRunBeforeWork:
             merge_strategy=loader.merge_strategy,
         )
         envs = [loader.base_env, loader.env or loader.default_run_env]
-        self._file_params = from_files["parameters"]
-        self._catalog_text = catalog_text(loader.conf_source, envs)
-        self._known = True
+        self._files = (from_files["parameters"], catalog_text(loader.conf_source, envs))
 
     @hook_impl
     def before_pipeline_run(self, run_params: dict, pipeline, catalog) -> None:
         params = catalog.load("parameters")
-        if getattr(self, "_known", None):
-            known = known_settings(self._file_params, self._catalog_text)
+        if self._files is not None:
+            known = known_settings(*self._files)
             check_known_settings(run_params.get("runtime_params") or {}, known)
         _check_load_versions(run_params.get("load_versions") or {}, catalog)
         _check_comparisons(pipeline, params, run_params.get("env"))

@@ -85,7 +85,8 @@ def evaluate_linear_probe(
     figure = confusion_figure(on_r.confusion, list(classes),
                               f"linear probe on r: top-1 {on_r.top1:.4f}")  # fmt: skip
     extra = (
-        f", r[:d0] {probes['r[:d0]']['top1']:.4f}, r[d0:] {probes['r[d0:]']['top1']:.4f}"
+        # "\\[": Kedro's console log renders rich markup, where "[d0:]" would read as a tag.
+        f", r[:d0] {probes['r[:d0]']['top1']:.4f}, r\\[d0:] {probes['r[d0:]']['top1']:.4f}"
         if "r[:d0]" in probes
         else ""
     )

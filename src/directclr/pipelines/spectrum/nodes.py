@@ -117,7 +117,8 @@ def compute_spectrum(
     if f"r[d0:]_{split}" in metrics:
         head, tail = metrics[f"r[:d0]_{split}"], metrics[f"r[d0:]_{split}"]
         logger.info(
-            "spectrum: directclr r[:d0] collapsed %d of %d, r[d0:] collapsed %d of %d (%s)",
+            # "\\[": Kedro's console log renders rich markup, where "[d0:]" reads as a tag.
+            "spectrum: directclr r[:d0] collapsed %d of %d, r\\[d0:] collapsed %d of %d (%s)",
             head["collapsed_dimensions"], head["dimensions"], tail["collapsed_dimensions"],
             tail["dimensions"], split,
         )  # fmt: skip
