@@ -11,6 +11,9 @@ from directclr.analysis import (
     embedding_spectrum,
     find_cliff,
     log_spectrum,
+    nesum,
+    normalised_std,
+    participation_ratio,
     power_law_fit,
     spectrum_metrics,
     variance_share,
@@ -221,3 +224,36 @@ def test_the_accelerator_path_accumulates_the_same_gram_matrix():
     by_torch = analysis._gram_torch(torch.from_numpy(x), rows=128, dtype=torch.float32)
     for a, b in zip(by_blas, by_torch, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("k", [1, 3, 9])
+def test_nesum_and_participation_ratio_of_k_equal_eigenvalues_are_k(k):
+    lam = np.zeros(12)
+    lam[:k] = 0.7
+    assert nesum(lam) == pytest.approx(k) and participation_ratio(lam) == pytest.approx(k)
+    assert nesum(np.zeros(4)) == 0.0 and participation_ratio(np.zeros(4)) == 0.0
+
+
+def test_nesum_is_the_stable_rank_and_the_battery_on_an_exact_power_law():
+    lam = np.arange(1, 101, dtype=np.float64) ** -1.0
+    assert nesum(lam) == pytest.approx(np.sum(1 / np.arange(1, 101)))  # the harmonic number
+    assert participation_ratio(lam) == pytest.approx(
+        np.sum(1 / np.arange(1, 101)) ** 2 / np.sum(1 / np.arange(1, 101) ** 2)
+    )
+    x = np.random.default_rng(8).standard_normal((300, 20)) * np.linspace(3, 0.1, 20)
+    centred = x / np.linalg.norm(x, axis=1, keepdims=True)
+    centred = centred - centred.mean(axis=0)
+    stable_rank = (centred**2).sum() / np.linalg.norm(centred, 2) ** 2
+    assert nesum(embedding_spectrum(x).eigenvalues) == pytest.approx(stable_rank, rel=1e-9)
+
+
+def test_normalised_std_is_one_over_root_d_when_spread_and_zero_when_collapsed():
+    rng = np.random.default_rng(9)
+    spread = spectrum_metrics(embedding_spectrum(rng.standard_normal((20000, 64))))
+    assert spread["normalised_std"] == pytest.approx(1 / 8, rel=0.02)
+    assert spread["normalised_std_uniform"] == pytest.approx(1 / 8)
+    x = rng.standard_normal((50, 64))
+    torch_std = torch.nn.functional.normalize(torch.from_numpy(x), dim=1).std(dim=0).mean()
+    assert normalised_std(embedding_spectrum(x)) == pytest.approx(float(torch_std), rel=1e-9)
+    one_point = np.tile(rng.standard_normal((1, 64)), (30, 1))
+    assert normalised_std(embedding_spectrum(one_point)) == pytest.approx(0.0, abs=1e-7)

@@ -45,6 +45,7 @@ class Spectrum:
     uncentred_eigenvalues: np.ndarray
     n_samples: int
     eps: float = float(np.finfo(np.float64).eps)  # machine epsilon of the Gram product
+    coordinate_variances: np.ndarray | None = None  # the covariance's diagonal
 
     @property
     def max_rank(self) -> int:
@@ -135,7 +136,8 @@ def embedding_spectrum(
     covariance = g - np.outer(m, m)
     second_moment = g + np.outer(shift, m) + np.outer(m, shift) + np.outer(shift, shift)
     eps = float(np.finfo(np.dtype(name)).eps)
-    return Spectrum(_eigenvalues(covariance), _eigenvalues(second_moment), int(n), eps)
+    variances = np.clip(np.diag(covariance).copy(), 0.0, None)
+    return Spectrum(_eigenvalues(covariance), _eigenvalues(second_moment), int(n), eps, variances)
 
 
 def _gram_numpy(
@@ -283,6 +285,35 @@ def power_law_fit(
     return float(-slope), float(r2)
 
 
+def nesum(eigenvalues: np.ndarray) -> float:
+    """NESum (He & Ozay, 2022): sum_i lambda_i / lambda_1, the covariance eigenvalues over the
+    largest. As lambda_i = sigma_i^2 / N for the centred matrix A, it equals A's stable rank
+    ||A||_F^2 / ||A||_2^2, so it is reported once, under this name. k equal eigenvalues give
+    k; a single direction gives 1; no variance gives 0."""
+    lam = np.asarray(eigenvalues, dtype=np.float64)
+    return float(lam.sum() / lam[0]) if lam.size and lam[0] > 0 else 0.0
+
+
+def participation_ratio(eigenvalues: np.ndarray) -> float:
+    """The participation ratio (sum_i lambda_i)^2 / sum_i lambda_i^2 of the covariance
+    eigenvalues (Gao et al., 2017; Recanatesi et al., 2019): k for k equal eigenvalues,
+    between 1 and the dimension otherwise; 0 when there is no variance."""
+    lam = np.asarray(eigenvalues, dtype=np.float64)
+    squares = float((lam**2).sum())
+    return float(lam.sum() ** 2 / squares) if squares > 0 else 0.0
+
+
+def normalised_std(spectrum: Spectrum) -> float | None:
+    """The mean over coordinates of the standard deviation (ddof = 1) of the L2-normalised
+    vectors: lightly's collapse indicator, about 1/sqrt(d) for vectors spread evenly over
+    d dimensions and 0 for a complete collapse to one point. From the covariance's diagonal;
+    None for a spectrum built without it."""
+    if spectrum.coordinate_variances is None:
+        return None
+    n = spectrum.n_samples
+    return float(np.sqrt(spectrum.coordinate_variances * n / (n - 1)).mean())
+
+
 def variance_share(eigenvalues: np.ndarray, k: int) -> float:
     """Share of the variance in the top ``k`` eigenvalues: sum_{i<=k} lambda_i / sum_i lambda_i."""
     lam = np.asarray(eigenvalues, dtype=np.float64)
@@ -300,7 +331,10 @@ def spectrum_metrics(
     """The collapse metrics of one spectrum.
 
     ``effective_rank`` is Roy & Vetterli's on the centred singular values, ``rankme`` the
-    same on the un-centred ones. ``max_rank`` = min(N - 1, d): N centred vectors span at
+    same on the un-centred ones; ``nesum``, ``participation_ratio`` and ``normalised_std``
+    (beside its reference 1/sqrt(d), ``normalised_std_uniform``) are the other label-free
+    measures of :func:`nesum`, :func:`participation_ratio` and :func:`normalised_std`.
+    ``max_rank`` = min(N - 1, d): N centred vectors span at
     most N - 1 dimensions, so a set of fewer vectors than dimensions has ``structural_zeros``
     = d - max_rank eigenvalues that say nothing about the model and are never counted as
     collapse. ``numerical_rank`` counts eigenvalues above the noise floor of the Gram
@@ -326,6 +360,10 @@ def spectrum_metrics(
         "noise_floor": spectrum.noise_floor,
         "effective_rank": effective_rank(lam),
         "rankme": effective_rank(spectrum.uncentred_eigenvalues),
+        "nesum": nesum(lam),
+        "participation_ratio": participation_ratio(lam),
+        "normalised_std": normalised_std(spectrum),
+        "normalised_std_uniform": 1 / math.sqrt(lam.size) if lam.size else None,
         "collapsed_dimensions": collapsed,
         "power_law_alpha": None if math.isnan(alpha) else alpha,
         "power_law_r2": None if math.isnan(r2) else r2,
