@@ -258,8 +258,22 @@ def test_errors_name_the_setting_as_the_user_wrote_it():
         run_settings({"lr": 1.0}, {"method": "directclr", "lr": -1.0}, "directclr")
     with pytest.raises(SettingsError, match=r"simclr\.pretraining\.augmentation\.view1\.hflip_p"):
         run_settings({}, {"method": "simclr", "augmentation": {"view1": {"hflip_p": 2}}}, "simclr")
-    with pytest.raises(SettingsError, match=r"run 'simclr'.*d0=32 is set, but method simclr"):
+    with pytest.raises(SettingsError, match=r"run 'simclr'.*d0=32 is set, but method=simclr"):
         run_settings({}, {"method": "simclr", "d0": 32}, "simclr")
+    # A rule across settings names each as set: d0 by the shared recipe, method by the run.
+    with pytest.raises(
+        SettingsError, match=r"\(set as pretraining\.d0, simclr\.pretraining\.method\)"
+    ):
+        run_settings({"d0": 32}, {"method": "simclr"}, "simclr")
+    with pytest.raises(SettingsError, match=r"\(set as simclr\.pretraining\.warmup_epochs, "
+                                            r"pretraining\.epochs\)"):  # fmt: skip
+        run_settings({"epochs": 2}, {"method": "simclr", "warmup_epochs": 5}, "simclr")
+    # An element of a list the run set is the run's.
+    bad_crop = {"method": "simclr", "augmentation": {"view1": {"crop_scale": [0.5, "big"]}}}
+    with pytest.raises(
+        SettingsError, match=r"simclr\.pretraining\.augmentation\.view1\.crop_scale\.1"
+    ):
+        run_settings({}, bad_crop, "simclr")
 
 
 # The registry and --env ------------------------------------------------------------------------

@@ -32,7 +32,7 @@ def test_d0_exists_only_for_the_methods_that_use_it():
     assert [m for m in METHODS if has_leading_subvector(m)] == ["directclr"]
     assert ModelConfig(method="simclr").d0 is None
     assert ModelConfig(method="fixed_low_rank").d0 == 64
-    with pytest.raises(ValueError, match="d0=16 is set, but method no_projector has no d0"):
+    with pytest.raises(ValueError, match="d0=16 is set, but method=no_projector has no d0"):
         ModelConfig(method="no_projector", d0=16)
 
 

@@ -87,6 +87,14 @@ def test_eq6_is_exact_for_squared_distance_logits_and_an_approximation_otherwise
     assert -1 <= cosine < 0.9999  # related, not the same matrix
 
 
+def test_a_biased_layer_trained_with_the_cosine_loss_tracks_prediction_on_w_alone():
+    config = StrongAugmentationConfig(dim=6, noisy_dims=3, noise_levels=[2.0], steps=20,
+                                      record_every=10, bias=True, probe_size=256)  # fmt: skip
+    _, theory, prediction, _ = noise_sweep(config)
+    assert len(theory) == 3 * 6  # Eq. 6's X is d x d: it has no bias coordinate
+    assert prediction["principal_cos2"].dropna().between(0, 1).all()
+
+
 def test_principal_cos2_compares_subspaces():
     basis = np.eye(4)
     assert principal_cos2(basis[:, :2], basis[:, :2]) == pytest.approx(1.0)
@@ -188,6 +196,7 @@ def test_alignment_matrix_of_aligned_layers_is_the_identity():
      (StrongAugmentationConfig, {"probe_size": 64, "batch_size": 128}),
      (StrongAugmentationConfig, {"noise": 1.0}),
      (ImplicitRegularizationConfig, {"layers": [2, 2]}),
+     (ImplicitRegularizationConfig, {"probe_size": 16}),  # structural zeros in the spectrum
      (ImplicitRegularizationConfig, {"init_decay": 1.5})],
 )  # fmt: skip
 def test_bad_toy_parameters_are_rejected(model, bad):

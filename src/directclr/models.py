@@ -59,8 +59,8 @@ class ModelConfig(BaseModel):
             if self.d0 is not None:
                 users = ", ".join(m for m in METHODS if uses_d0(m))
                 raise ValueError(
-                    f"d0={self.d0} is set, but method {self.method} has no d0 (only {users} "
-                    f"do); remove d0 from this run's settings"
+                    f"d0={self.d0} is set, but method={self.method} has no d0 (only {users} "
+                    f"do); remove d0, or set it only for the runs whose method uses it"
                 )
             return self
         if self.d0 is None:

@@ -85,6 +85,11 @@ class ToyTraining(BaseModel):
 
     @model_validator(mode="after")
     def _check_pool(self) -> ToyTraining:
+        if self.probe_size <= self.dim:
+            raise ValueError(
+                f"probe_size={self.probe_size} must exceed dim={self.dim}: fewer probe inputs "
+                f"than dimensions leave structural zeros in the spectrum"
+            )
         if self.data_pool is not None and self.data_pool < self.batch_size:
             raise ValueError(
                 f"data_pool={self.data_pool} must hold at least batch_size={self.batch_size}"
@@ -385,7 +390,7 @@ def collapse_prediction(
     scale = np.abs(values).max() if values.size else 0.0
     negative = vectors[:, values < -config.negative_eps * scale]
     w = weight.detach().double()
-    if bias is not None:
+    if bias is not None and matrix.shape[0] == w.shape[1] + 1:  # the matrix covers [x; 1]
         w = torch.cat([w, bias.detach().double()[:, None]], dim=1)
     _, sigma, vh = torch.linalg.svd(w, full_matrices=False)
     sigma, vh = sigma.numpy(), vh.numpy()

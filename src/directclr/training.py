@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 import tempfile
 import time
@@ -134,9 +135,15 @@ def merge_settings(recipe: dict, overrides: dict | None) -> dict:
 
 
 def _set_in(settings: dict | None, path: tuple) -> bool:
+    """Whether ``settings`` set the value at ``path``, or a whole value (a list, say) that
+    contains it."""
+    if not isinstance(settings, dict):
+        return False
     value: Any = settings
     for part in path:
-        if not isinstance(value, dict) or part not in value:
+        if not isinstance(value, dict):
+            return True  # the run set the whole list (or value) this path points into
+        if part not in value:
             return False
         value = value[part]
     return True
@@ -157,7 +164,15 @@ def run_settings(recipe: dict, overrides: dict | None, run: str = "") -> Pretrai
             path = tuple(str(p) for p in error["loc"])
             message = error["msg"].removeprefix("Value error, ")
             if not path:
-                problems.append(f"{run or 'the run'}: {message}")
+                # A rule across settings: name each setting it mentions as the user set it.
+                named = [
+                    f"{run}.pretraining.{name}" if run and _set_in(overrides, (name,))
+                    else f"pretraining.{name}"
+                    for name in dict.fromkeys(re.findall(r"\b([a-z_0-9]+)=", message))
+                    if name in PretrainingConfig.model_fields
+                ]  # fmt: skip
+                names = f" (set as {', '.join(named)})" if named else ""
+                problems.append(f"{run or 'the run'}: {message}{names}")
                 continue
             owner = f"{run}.pretraining" if run and _set_in(overrides, path) else "pretraining"
             problems.append(f"{owner}.{'.'.join(path)}: {message}")

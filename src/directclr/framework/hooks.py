@@ -51,6 +51,7 @@ class CheckRunBeforeWork:
 
     @hook_impl
     def after_context_created(self, context) -> None:
+        self._files = None
         loader = context.config_loader
         if not isinstance(loader, OmegaConfigLoader):
             return
@@ -86,9 +87,10 @@ class CheckRunBeforeWork:
         names = {node.name for node in pipeline.nodes}
         self._knn = any(name.endswith(LINEAR_EVAL_NODE) for name in names)
         self._spectrum = any(name.endswith(SPECTRUM_NODE) for name in names)
-        checks_data = DATA_PREP_NODE not in names and (
-            self._settings or self._knn or self._spectrum
-        )
+        # With --only-missing-outputs Kedro skips a data_prep whose outputs exist: check the
+        # saved card then, as after_node_run will not be called.
+        prepares = DATA_PREP_NODE in names and not run_params.get("only_missing_outputs")
+        checks_data = not prepares and (self._settings or self._knn or self._spectrum)
         if checks_data and "dataset_card" in catalog and catalog.exists("dataset_card"):
             card = catalog.load("dataset_card")
             check_runs_fit_data(card, self._settings, params, self._knn, self._spectrum)
@@ -144,12 +146,20 @@ def _check_comparisons(pipeline, params: dict[str, Any], env: str | None) -> Non
                 f"KEDRO_ENV={env} instead of --env={env}"
             )
         registered_seeds = sorted({int(run.rsplit("seed_", 1)[1]) for run in namespaces})
-        if sorted(seeds) != registered_seeds:
+        given = (params.get(comparison) or {}).get("seeds")
+        valid = isinstance(given, list) and given and len(set(map(str, given))) == len(given)
+        # An empty or repeated list is check_comparison_settings' to report, as given.
+        if valid and sorted(seeds) != registered_seeds:
+            fix = (
+                f"run with the environment variable KEDRO_ENV={env} instead of --env={env}"
+                if env not in (None, "local", os.environ.get("KEDRO_ENV"))
+                else f"change {comparison}.seeds in the parameter files, not with --params"
+            )
             raise ValueError(
-                f"{comparison}.seeds={seeds}, but the {comparison} pipeline was registered with "
-                f"seeds {registered_seeds}: one namespace per seed is made when pipelines are "
-                f"registered, from the parameter files, before --params is read. Change "
-                f"{comparison}.seeds in conf/<env>/parameters_compare.yml instead"
+                f"{comparison}.seeds={given}, but the {comparison} pipeline was registered "
+                f"with seeds {registered_seeds}: one namespace per seed is made when pipelines "
+                f"are registered, from the parameter files of KEDRO_ENV, before --params and "
+                f"--env are read; {fix}"
             )
 
 
