@@ -64,7 +64,8 @@ def test_compare_runs_every_method_over_seeds_with_the_untrained_control(project
     assert per_seed["spectrum_split"].eq("train").all()
     numeric = ["linear_probe_top1_r", "linear_probe_top1_z", "knn_top1_r", "effective_rank_r",
                "effective_rank_z", "collapsed_dims_r", "collapsed_dims_z",
-               "linear_probe_top1_raw_pixels"]  # fmt: skip
+               "linear_probe_top1_raw_pixels", "nesum_r", "participation_ratio_r",
+               "normalised_std_r"]  # fmt: skip
     assert per_seed[numeric].notna().all().all()
     control = per_seed[per_seed["run"] == "random_init"]
     assert control["training_seconds"].eq(0).all()  # never trained
@@ -153,7 +154,9 @@ def test_summary_marks_paired_differences_beyond_two_standard_errors():
                                              "linear_probe_top1_r_tail", "effective_rank_r_head",
                                              "effective_rank_r_tail",
                                              "linear_probe_top1_raw_pixels", "effective_rank_z",
-                                             "rankme_r", "numerical_rank_r", "collapsed_dims_r",
+                                             "rankme_r", "nesum_r", "participation_ratio_r",
+                                             "normalised_std_r", "numerical_rank_r",
+                                             "collapsed_dims_r",
                                              "collapsed_dims_z", "training_seconds")}})  # fmt: skip
     rows[-1]["effective_rank_r"] += 0.5  # b's rank differs from a's on one seed only
     summary = summarise(pd.DataFrame(rows), reference="a").set_index("run")

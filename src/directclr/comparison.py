@@ -34,7 +34,8 @@ SUMMARISED = (
     "linear_probe_top1_r", "linear_probe_top1_z", "knn_top1_r", "linear_probe_top1_raw_pixels",
     "linear_probe_top1_r_head", "linear_probe_top1_r_tail",
     "effective_rank_r", "effective_rank_z", "effective_rank_r_head", "effective_rank_r_tail",
-    "rankme_r", "numerical_rank_r", "collapsed_dims_r", "collapsed_dims_z", "training_seconds",
+    "rankme_r", "nesum_r", "participation_ratio_r", "normalised_std_r", "numerical_rank_r",
+    "collapsed_dims_r", "collapsed_dims_z", "training_seconds",
 )  # fmt: skip
 # For DirectCLR's architecture (the control's too): r[:, :d0] (head) and r[:, d0:] (tail).
 HEAD, TAIL = "r[:d0]", "r[d0:]"
@@ -71,6 +72,9 @@ def comparison_row(
         "effective_rank_r": spectrum[f"r_{split}"]["effective_rank"],
         "effective_rank_z": spectrum[f"z_{split}"]["effective_rank"],
         "rankme_r": spectrum[f"r_{split}"].get("rankme"),
+        "nesum_r": spectrum[f"r_{split}"].get("nesum"),
+        "participation_ratio_r": spectrum[f"r_{split}"].get("participation_ratio"),
+        "normalised_std_r": spectrum[f"r_{split}"].get("normalised_std"),
         "numerical_rank_r": spectrum[f"r_{split}"].get("numerical_rank"),
         "collapsed_dims_r": spectrum[f"r_{split}"]["collapsed_dimensions"],
         "collapsed_dims_z": spectrum[f"z_{split}"]["collapsed_dimensions"],

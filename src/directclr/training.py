@@ -31,7 +31,14 @@ from pydantic import Field, ValidationError, model_validator
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from directclr.analysis import covariance_spectrum, effective_rank
+from directclr.analysis import (
+    Spectrum,
+    effective_rank,
+    embedding_spectrum,
+    nesum,
+    normalised_std,
+    participation_ratio,
+)
 from directclr.augment import TwoViewAugmentation, augment
 from directclr.batches import BatchSource, TensorBatches, source_from_spec
 from directclr.checkpoints import CheckpointStore
@@ -294,6 +301,21 @@ class TrainingState:
         self.history, self.spectra, self.epoch = state["history"], state["spectra"], state["epoch"]
 
 
+# The label-free measures the history records every rank_every epochs, for r and for z.
+RANK_METRICS = ("effective_rank", "rankme", "nesum", "participation_ratio", "normalised_std")
+
+
+def rank_metrics(spectrum: Spectrum, kind: str) -> dict[str, float]:
+    """:data:`RANK_METRICS` of one spectrum, named ``<metric>_<kind>``."""
+    return {
+        f"effective_rank_{kind}": effective_rank(spectrum.eigenvalues),
+        f"rankme_{kind}": effective_rank(spectrum.uncentred_eigenvalues),
+        f"nesum_{kind}": nesum(spectrum.eigenvalues),
+        f"participation_ratio_{kind}": participation_ratio(spectrum.eigenvalues),
+        f"normalised_std_{kind}": normalised_std(spectrum),
+    }
+
+
 @torch.no_grad()
 def _probe_representation(
     model: ContrastiveModel, images: torch.Tensor
@@ -553,16 +575,20 @@ def pretrain(
                 "online_probe_accuracy": float(correct) / max(float(labelled), 1.0),
                 "images_per_s": steps_per_epoch * config.batch_size / seconds,
                 "seconds": seconds,
-                "effective_rank_r": float("nan"),
-                "effective_rank_z": float("nan"),
+                **{
+                    f"{metric}_{kind}": float("nan")
+                    for kind in ("r", "z")
+                    for metric in RANK_METRICS
+                },
             }
             check_finite_state(model, probe, step, lr)
             probe_r, probe_z = _probe_representation(model, probe_images)
             check_not_constant(probe_r, step, lr)
             if run.epoch % config.rank_every == 0 or run.epoch == config.epochs:
-                lam_r, lam_z = covariance_spectrum(probe_r), covariance_spectrum(probe_z)
-                row["effective_rank_r"] = effective_rank(lam_r)
-                row["effective_rank_z"] = effective_rank(lam_z)
+                spectrum_r = embedding_spectrum(probe_r.double())
+                spectrum_z = embedding_spectrum(probe_z.double())
+                row |= rank_metrics(spectrum_r, "r") | rank_metrics(spectrum_z, "z")
+                lam_r, lam_z = spectrum_r.eigenvalues, spectrum_z.eigenvalues
                 spectra = {"r": torch.from_numpy(lam_r), "z": torch.from_numpy(lam_z)}
                 run.spectra.append({"epoch": run.epoch, "step": step, **spectra})
             run.history.append(row)
