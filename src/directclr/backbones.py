@@ -17,8 +17,6 @@ Backbone = Literal["small_cnn", "resnet18", "resnet50"]
 Stem = Literal["auto", "cifar", "imagenet"]
 Norm = Literal["batch", "group"]
 BACKBONES: tuple[str, ...] = get_args(Backbone)
-STEMS: tuple[str, ...] = get_args(Stem)
-NORMS: tuple[str, ...] = get_args(Norm)
 
 
 def norm_layer(kind: str, channels: int) -> nn.Module:

@@ -44,7 +44,6 @@ from directclr.analysis import (
     collapsed_dimensions,
     covariance_spectrum,
     effective_rank,
-    find_cliff,
 )
 from directclr.losses import info_nce
 from directclr.threads import one_cpu_thread
@@ -174,23 +173,26 @@ def toy_spectrum(z: torch.Tensor, config: ToyTraining) -> np.ndarray:
     return np.clip(torch.linalg.eigvalsh(covariance).numpy()[::-1].copy(), 0.0, None)
 
 
-def observed_collapse(eigenvalues: np.ndarray, config: ToyTraining) -> int:
-    """Collapsed dimensions of an embedding spectrum, by the project's one convention
+def _collapsed(values: np.ndarray, n_samples: int, config: ToyTraining) -> int:
+    """How many of ``values`` (descending) have collapsed, by the project's one convention
     (:func:`directclr.analysis.collapsed_dimensions`): numerically zero, or below the
     deepest cliff of the log spectrum."""
-    lam = np.asarray(eigenvalues, dtype=np.float64)
-    spectrum = Spectrum(lam, lam, max(config.probe_size, lam.size + 1))
+    lam = np.asarray(values, dtype=np.float64)
+    spectrum = Spectrum(lam, lam, n_samples)
     return collapsed_dimensions(spectrum, config.cliff_decades, config.cliff_slope)
 
 
+def observed_collapse(eigenvalues: np.ndarray, config: ToyTraining) -> int:
+    """Collapsed dimensions of an embedding spectrum taken on the probe (``probe_size`` >
+    ``dim``, so the spectrum has no structural zeros)."""
+    return _collapsed(eigenvalues, config.probe_size, config)
+
+
 def collapsed_directions(squared: np.ndarray, config: ToyTraining) -> np.ndarray:
-    """Which of ``squared`` (squared singular values, descending) have collapsed: those
-    numerically zero or below the deepest cliff, as :func:`observed_collapse` counts."""
-    floor = squared[0] * squared.size * np.finfo(np.float64).eps if squared.size else 0.0
-    live = int((squared > floor).sum())
-    cliff = find_cliff(squared[:live], config.cliff_decades, config.cliff_slope)
-    first = live if cliff is None else cliff
-    return np.arange(squared.size) >= first
+    """Which of ``squared`` (squared singular values, descending) have collapsed: the last
+    ones, as many as :func:`_collapsed` counts."""
+    collapsed = _collapsed(squared, squared.size + 1, config)
+    return np.arange(squared.size) >= squared.size - collapsed
 
 
 class _Data:

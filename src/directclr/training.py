@@ -31,14 +31,7 @@ from pydantic import Field, ValidationError, model_validator
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from directclr.analysis import (
-    Spectrum,
-    effective_rank,
-    embedding_spectrum,
-    nesum,
-    normalised_std,
-    participation_ratio,
-)
+from directclr.analysis import Spectrum, embedding_spectrum, spectrum_metrics
 from directclr.augment import TwoViewAugmentation, augment
 from directclr.batches import BatchSource, TensorBatches, source_from_spec
 from directclr.checkpoints import CheckpointStore
@@ -306,14 +299,10 @@ RANK_METRICS = ("effective_rank", "rankme", "nesum", "participation_ratio", "nor
 
 
 def rank_metrics(spectrum: Spectrum, kind: str) -> dict[str, float]:
-    """:data:`RANK_METRICS` of one spectrum, named ``<metric>_<kind>``."""
-    return {
-        f"effective_rank_{kind}": effective_rank(spectrum.eigenvalues),
-        f"rankme_{kind}": effective_rank(spectrum.uncentred_eigenvalues),
-        f"nesum_{kind}": nesum(spectrum.eigenvalues),
-        f"participation_ratio_{kind}": participation_ratio(spectrum.eigenvalues),
-        f"normalised_std_{kind}": normalised_std(spectrum),
-    }
+    """:data:`RANK_METRICS` of one spectrum (as :func:`~directclr.analysis.spectrum_metrics`
+    computes them for the spectrum stage), named ``<metric>_<kind>``."""
+    metrics = spectrum_metrics(spectrum)
+    return {f"{metric}_{kind}": metrics[metric] for metric in RANK_METRICS}
 
 
 @torch.no_grad()
