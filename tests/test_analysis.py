@@ -6,7 +6,6 @@ from directclr.analysis import (
     Spectrum,
     collapsed_dimensions,
     covariance_spectrum,
-    dimensions_below,
     effective_rank,
     embedding_spectrum,
     find_cliff,
@@ -55,9 +54,6 @@ def test_low_rank_embeddings_show_collapsed_dimensions():
     spectrum = embedding_spectrum(x)
     assert collapsed_dimensions(spectrum) == 12 - 4
     assert spectrum.numerical_rank == 4 and spectrum.structural_zeros == 0
-    assert dimensions_below(spectrum.eigenvalues, decades=6) == 12 - 4
-    assert dimensions_below(np.ones(5)) == 0
-    assert dimensions_below(np.array([1.0, 1e-3, 1e-5, 0.0]), decades=4) == 2
 
 
 def _spectrum(eigenvalues: np.ndarray, n_samples: int = 100_000) -> Spectrum:

@@ -214,16 +214,6 @@ def effective_rank(eigenvalues: np.ndarray) -> float:
     return float(np.exp(-(p * np.log(p)).sum()))
 
 
-def dimensions_below(eigenvalues: np.ndarray, decades: float = 4.0) -> int:
-    """Number of eigenvalues more than ``decades`` powers of ten below the largest (the toys'
-    count: their spectra fall continuously, with no cliff to find)."""
-    lam = np.asarray(eigenvalues, dtype=np.float64)
-    if lam.size == 0 or lam.max() <= 0:
-        return int(lam.size)
-    threshold = lam.max() * 10.0 ** (-decades)
-    return int((lam < threshold).sum())
-
-
 def find_cliff(
     eigenvalues: np.ndarray, cliff_decades: float = 1.0, cliff_slope: float = 10.0
 ) -> int | None:
