@@ -1,10 +1,19 @@
+import os
 import shutil
 from pathlib import Path
 
-import pytest
-import torch
+from directclr.framework.environment import TRACKING_SWITCH, quiet
 
-from directclr.data import DataConfig, prepare
+# Before MLflow can be imported by anything: no telemetry from the tests or what they start.
+quiet()
+# Runs are tracked only in the tests that ask for it (the `tracked` fixture), in one store.
+os.environ[TRACKING_SWITCH] = "off"
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from directclr.data import DataConfig, prepare  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,3 +46,25 @@ def project(tmp_path):
     shutil.copy(REPO / ".telemetry", tmp_path)
     (tmp_path / "src").mkdir()  # the package itself is installed
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def tracking_store(tmp_path_factory):
+    """One SQLite MLflow store, created and migrated once, with the project's experiment
+    (its artifacts beside it), shared by every test that tracks runs."""
+    from mlflow.tracking import MlflowClient
+
+    folder = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    MlflowClient(uri).create_experiment("directclr", artifact_location=str(folder / "artifacts"))
+    return uri
+
+
+@pytest.fixture
+def tracked(monkeypatch, tracking_store):
+    """Tracking on, into the shared store; returns a client of it."""
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv(TRACKING_SWITCH, "on")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_store)
+    return MlflowClient(tracking_store)

@@ -11,6 +11,7 @@ from kedro.framework.startup import bootstrap_project
 
 from directclr.comparison import PAPER_COLUMN, summarise, summary_markdown
 from directclr.pipeline_registry import comparison_layout, configured_comparisons
+from directclr.tracking import NAMESPACE_TAG, PARENT_TAG
 from tests.conftest import REPO
 from tests.test_run import versions
 
@@ -26,11 +27,14 @@ RUNS = ["random_init", "simclr", "simclr_linear", "no_projector", "directclr"]
 
 
 def _two_seeds(project, monkeypatch) -> None:
-    """The project's compare with two seeds. Seeds are read when pipelines are registered,
-    from the configuration of the current folder: run from the project's copy."""
+    """The project's compare with two seeds, and selection over compare's runs. Both are read
+    when pipelines are registered, from the configuration of the current folder: run from the
+    project's copy."""
     monkeypatch.chdir(project)
     path = project / "conf" / "base" / "parameters_compare.yml"
     path.write_text(path.read_text().replace("seeds: [0, 1, 2]", "seeds: [0, 1]", 1))
+    path = project / "conf" / "base" / "parameters_selection.yml"
+    path.write_text(path.read_text().replace("comparisons: [sweep]", "comparisons: [compare]"))
 
 
 def _run(project, params=TINY, **kwargs):
@@ -55,10 +59,14 @@ def test_comparisons_are_read_from_the_parameters_with_seeds_and_a_control():
     assert layout == {"compare": (["a"], [2, 0])}
 
 
-def test_compare_runs_every_method_over_seeds_with_the_untrained_control(project, monkeypatch):
+def test_compare_runs_every_method_over_seeds_with_the_untrained_control(
+    project, monkeypatch, tracked
+):
     _two_seeds(project, monkeypatch)
     _run(project, pipeline_names=["compare"])
     per_seed = _latest(project, "per_seed_table.csv")
+    parent, children = _tracked_runs(tracked, project)
+    _check_children_reproduce_the_table(tracked, parent, children, per_seed)
     assert per_seed["run"].tolist() == [run for run in RUNS for _ in (0, 1)]
     assert per_seed["seed"].tolist() == [0, 1] * len(RUNS)
     assert per_seed["spectrum_split"].eq("train").all()
@@ -115,6 +123,52 @@ def test_compare_runs_every_method_over_seeds_with_the_untrained_control(project
             "linear_eval_metrics.json/*/linear_eval_metrics.json")).read_text()
     )  # fmt: skip
     assert metrics["method"] == "simclr"
+    # The redo is a kedro run of its own: a new parent with the one model it trained (its
+    # first run finished, so training gets a new MLflow run), beside the report's artifacts.
+    redo, redone = _tracked_runs(tracked, project)
+    assert redo.info.run_id != parent.info.run_id
+    assert [c.data.tags[NAMESPACE_TAG] for c in redone] == ["compare.simclr.seed_1"]
+    assert redone[0].data.metrics["linear_probe_top1_r"] == pytest.approx(
+        again[changed]["linear_probe_top1_r"].item()
+    )
+
+    # selection, with tracking on, reads every finished run of the comparison from MLflow:
+    # both kedro runs, so simclr seed 1 counts twice (two settings), 11 runs in all.
+    _run(project, pipeline_names=["selection"])
+    runs = pd.read_csv(versions(project, "08_reporting/selection/runs.csv")[-1] / "runs.csv")
+    assert len(runs) == 2 * len(RUNS) + 1
+    assert (runs["namespace"] == "compare.simclr.seed_1").sum() == 2
+    assert runs["mlflow_run_id"].nunique() == len(runs)
+
+
+def _tracked_runs(client, project):
+    """The newest parent run of this project copy, and its children by namespace."""
+    experiment = client.get_experiment_by_name("directclr").experiment_id
+    runs = client.search_runs([experiment], f"tags.project_path = '{project.as_posix()}'",
+                              order_by=["attributes.start_time DESC"])  # fmt: skip
+    parent = next(r for r in runs if PARENT_TAG not in r.data.tags)
+    children = client.search_runs([experiment], f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'")
+    return parent, sorted(children, key=lambda c: c.data.tags[NAMESPACE_TAG])
+
+
+def _check_children_reproduce_the_table(client, parent, children, per_seed) -> None:
+    """Every run and seed is a child run whose metrics are its row of the per-seed table,
+    and the comparison's tables and figures are artifacts of the parent."""
+    spaces = [f"compare.{r.run}.seed_{r.seed}" for r in per_seed.itertuples()]
+    assert [c.data.tags[NAMESPACE_TAG] for c in children] == sorted(spaces)
+    by_space = {c.data.tags[NAMESPACE_TAG]: c for c in children}
+    for space, (_, row) in zip(spaces, per_seed.iterrows(), strict=True):
+        child = by_space[space]
+        assert child.info.status == "FINISHED"
+        for column in ("linear_probe_top1_r", "effective_rank_r", "knn_top1_r", "nesum_r"):
+            assert child.data.metrics[column] == pytest.approx(row[column]), (space, column)
+        assert child.data.params["pretraining.seed"] == str(row["seed"])
+    trained = by_space["compare.simclr.seed_0"].info.run_id
+    assert len(client.get_metric_history(trained, "history/loss")) == 1  # epochs: 1
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "compare")}
+    expected = {"comparison_table.csv", "comparison_table.md", "per_seed_table.csv",
+                "comparison_spectra.png"}  # fmt: skip
+    assert {f"compare/{name}" for name in expected} <= artifacts
 
 
 @pytest.mark.parametrize(
@@ -155,7 +209,8 @@ def test_summary_marks_paired_differences_beyond_two_standard_errors():
                                              "effective_rank_r_tail",
                                              "linear_probe_top1_raw_pixels", "effective_rank_z",
                                              "rankme_r", "nesum_r", "participation_ratio_r",
-                                             "normalised_std_r", "numerical_rank_r",
+                                             "normalised_std_r", "lidar_r", "lidar_z",
+                                             "numerical_rank_r",
                                              "collapsed_dims_r",
                                              "collapsed_dims_z", "training_seconds")}})  # fmt: skip
     rows[-1]["effective_rank_r"] += 0.5  # b's rank differs from a's on one seed only

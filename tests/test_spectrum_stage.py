@@ -26,6 +26,15 @@ def _embeddings(seed: int = 0) -> dict:
         r = torch.cat([head, tail], dim=1)
         out[f"{split}_r"], out[f"{split}_z"] = r, r[:, :D0].clone()
         out[f"{split}_labels"] = torch.zeros(n, dtype=torch.long)
+    # LiDAR's views: 40 classes of 4 views with the same structure, under isotropic noise.
+    head = torch.randn(40, 1, D0, generator=generator)
+    tail = torch.randn(40, 1, TAIL_RANK, generator=generator) @ torch.randn(
+        TAIL_RANK, DIM - D0, generator=generator
+    )
+    views = torch.cat([head, tail], dim=2) + 0.05 * torch.randn(40, 4, DIM, generator=generator)
+    out["lidar_r"], out["lidar_z"] = views, views[..., :D0].clone()
+    out["lidar_settings"] = {"split": "train", "samples": 40, "views": 4, "seed": 0,
+                             "augmentation": {"strength": 1.0}}  # fmt: skip
     return out
 
 
@@ -64,6 +73,17 @@ def test_directclr_spectra_show_that_the_rest_of_the_representation_collapses(sp
     assert 1 < metrics[f"r_{split}"]["effective_rank"] < D0 + TAIL_RANK
     assert metrics["method"] == "directclr" and metrics["d0"] == D0
     assert "L2-normalised" in metrics["convention"] and "RankMe" in metrics["convention"]
+    # LiDAR on the exported views, whatever the split: the tail's 3 discriminant directions.
+    assert 2.5 < tail["lidar"] < 3.5 and tail["lidar_cap"] == DIM - D0
+    assert (
+        6 < metrics[f"r[:d0]_{split}"]["lidar"] <= D0 and metrics[f"r_{split}"]["lidar_cap"] == 32
+    )
+    # r's 11 directions: the tail's three, 24 times the head's variance, dominate (LiDAR's
+    # entropy is of eigenvalues, not of singular values).
+    assert TAIL_RANK < metrics[f"r_{split}"]["lidar"] < D0 + TAIL_RANK
+    assert (metrics["lidar_samples"], metrics["lidar_views"]) == (40, 4)
+    assert metrics["lidar_delta"] == 1e-4 and metrics["lidar_split"] == "train"
+    assert "Sigma_w" in metrics["lidar_convention"]
 
     rows = table[table["vectors"] == "r"]
     n = len(_embeddings()[f"{split}_r"])
@@ -97,6 +117,23 @@ def test_other_methods_get_r_and_z_only_and_the_configured_metrics():
     # other 13 are structural zeros, not collapse.
     assert metrics["r_test"]["collapsed_dimensions"] == 19 - (D0 + TAIL_RANK)
     assert any(text.get_text() == " N - 1" for text in figure.axes[0].texts)
+    assert TAIL_RANK < metrics["r_test"]["lidar"] < D0 + TAIL_RANK
+    assert metrics["z_test"]["lidar_cap"] == D0 and metrics["z_test"]["lidar"] > 6
+
+
+def test_embeddings_without_views_report_no_lidar():
+    embeddings = {k: v for k, v in _embeddings().items() if not k.startswith("lidar_")}
+    _, metrics, _, _ = compute_spectrum(
+        embeddings, _model("directclr"), _history(), SpectrumConfig()
+    )
+    assert metrics["r_train"]["lidar"] is None and metrics["r[d0:]_train"]["lidar_cap"] is None
+    assert metrics["lidar_samples"] is None and metrics["lidar_convention"] is None
+
+
+def test_a_missing_split_names_the_splits_not_the_lidar_views():
+    embeddings = {k: v for k, v in _embeddings().items() if not k.startswith("test_")}
+    with pytest.raises(ValueError, match=r"they have train\)"):
+        compute_spectrum(embeddings, _model("simclr"), _history(), SpectrumConfig(split="test"))
 
 
 @pytest.mark.parametrize(

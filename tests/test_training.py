@@ -42,6 +42,7 @@ def test_pretraining_records_history_and_is_deterministic(digits):
         "epoch", "step", "loss", "lr", "online_probe_accuracy", "images_per_s", "seconds",
         "effective_rank_r", "rankme_r", "nesum_r", "participation_ratio_r", "normalised_std_r",
         "effective_rank_z", "rankme_z", "nesum_z", "participation_ratio_z", "normalised_std_z",
+        "lidar_r", "lidar_z",
     ]  # fmt: skip
     assert (history_a["nesum_r"] >= 1).all() and (history_a["participation_ratio_z"] >= 1).all()
     assert history_a["normalised_std_r"].between(0, 1).all()

@@ -9,8 +9,11 @@ from typing import Any
 from kedro.framework.cli.utils import find_run_command
 from kedro.framework.project import configure_project
 
+from directclr.framework.environment import quiet
+
 
 def main(*args, **kwargs) -> Any:
+    quiet()
     package_name = Path(__file__).parent.name
     configure_project(package_name)
 

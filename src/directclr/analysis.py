@@ -366,3 +366,120 @@ def spectrum_metrics(
 def log_spectrum(eigenvalues: np.ndarray, floor: float = 1e-30) -> np.ndarray:
     """log10 of the eigenvalues, with exact zeros shown at ``floor``."""
     return np.log10(np.maximum(np.asarray(eigenvalues, dtype=np.float64), floor))
+
+
+# LiDAR (Thilak et al., 2023): the paper's regulariser of the within-class covariance and the
+# constant that keeps the entropy's logarithm finite.
+LIDAR_DELTA = 1e-4
+LIDAR_EPS = 1e-8
+LIDAR_CONVENTION = (
+    "LiDAR (Thilak et al., 2023, arXiv:2312.04000): n samples are n classes, their q "
+    "augmented views the members; on the vectors as they are (not L2-normalised), in float64. "
+    "Sigma_b = 1/(n - 1) sum_i (mu_i - mu)(mu_i - mu)^T of the class means mu_i about their "
+    "mean mu; Sigma_w = 1/(n (q - 1)) sum_ij (x_ij - mu_i)(x_ij - mu_i)^T + delta I; "
+    "LiDAR = exp(-sum_k p_k log p_k) over the d eigenvalues lambda_k of "
+    "Sigma_w^-1/2 Sigma_b Sigma_w^-1/2, with p_k = (lambda_k + eps) / sum_j (lambda_j + eps); "
+    "at most lidar_cap = min(d, n - 1); 0 when the class means coincide"
+)
+
+
+def lidar_eigenvalues(
+    views: torch.Tensor | np.ndarray, delta: float = LIDAR_DELTA
+) -> tuple[np.ndarray, int]:
+    """Eigenvalues (descending, >= 0) of the LiDAR matrix of ``views`` (n, q, d): n classes
+    of q members each, and the dimension d. See :func:`lidar`.
+
+    Only the min(n, d) eigenvalues that can be non-zero are returned; the other d - min(n, d)
+    are exactly zero (Sigma_b has rank at most n - 1). With L the Cholesky factor of
+    Sigma_w = L L^T (delta included) and C the n x d matrix of centred class means over
+    sqrt(n - 1), so that Sigma_b = C^T C, the matrix L^-1 Sigma_b L^-T = M M^T (M = L^-1 C^T,
+    d x n) is similar to Sigma_w^-1/2 Sigma_b Sigma_w^-1/2, and its non-zero eigenvalues are
+    those of the smaller of M^T M (n x n) and M M^T (d x d). Cost: one d x d product over
+    the n q views, a Cholesky factorisation and a triangular solve, and one eigenproblem of
+    size min(n, d); never a d x d inverse square root.
+    """
+    if not delta > 0:
+        raise ValueError(f"delta must be positive (Sigma_w may be singular), got {delta}")
+    if isinstance(views, torch.Tensor):
+        views = views.detach().cpu().double().numpy()
+    x = np.array(views, dtype=np.float64)  # a copy: shifted and centred in place below
+    if x.ndim != 3 or x.shape[0] < 2 or x.shape[1] < 2:
+        raise ValueError(
+            f"LiDAR needs views shaped (n, q, d) with n >= 2 samples and q >= 2 views each, got "
+            f"shape {tuple(x.shape)}"
+        )
+    n, q, d = x.shape
+    # Covariances ignore a shift; removing one vector first keeps a large common mean (ReLU
+    # representations) from cancelling digits, and makes identical vectors exactly zero.
+    x -= x[0, 0].copy()
+    means = x.mean(axis=1)
+    x -= means[:, None, :]
+    within = x.reshape(n * q, d)
+    sigma_w = within.T @ within / (n * (q - 1))
+    sigma_w[np.diag_indices(d)] += delta
+    centred = (means - means.mean(axis=0)) / math.sqrt(n - 1)
+    factor = scipy.linalg.cholesky(sigma_w, lower=True, check_finite=False)
+    m = scipy.linalg.solve_triangular(factor, centred.T, lower=True, check_finite=False)
+    gram = m.T @ m if n <= d else m @ m.T
+    return _eigenvalues(gram), d
+
+
+def lidar_from_eigenvalues(
+    eigenvalues: np.ndarray, dimensions: int, eps: float = LIDAR_EPS
+) -> float:
+    """exp of the entropy of p_k = (lambda_k + eps) / sum_j (lambda_j + eps) over ``dimensions``
+    eigenvalues, of which those not given are zero; 0 when every eigenvalue is zero."""
+    lam = np.clip(np.asarray(eigenvalues, dtype=np.float64), 0.0, None)
+    zeros = dimensions - lam.size
+    if zeros < 0:
+        raise ValueError(f"{lam.size} eigenvalues given for {dimensions} dimensions")
+    total = lam.sum()
+    if total <= 0:
+        return 0.0
+    norm = total + dimensions * eps
+    p = (lam + eps) / norm
+    p = p[p > 0]
+    entropy = -(p * np.log(p)).sum()
+    if zeros and eps > 0:
+        p0 = eps / norm
+        entropy -= zeros * p0 * math.log(p0)
+    return float(np.exp(entropy))
+
+
+def lidar(
+    views: torch.Tensor | np.ndarray, delta: float = LIDAR_DELTA, eps: float = LIDAR_EPS
+) -> float:
+    """LiDAR (Thilak et al., 2023, "LiDAR: Sensing Linear Probing Performance in Joint
+    Embedding SSL Architectures", arXiv:2312.04000): the effective rank of the linear
+    discriminant matrix of ``views`` (n, q, d), where each of n samples is a class and its q
+    augmented views are the class's members.
+
+    With class means mu_i = 1/q sum_j x_ij and their mean mu,
+
+        Sigma_b = 1/(n - 1) sum_i (mu_i - mu)(mu_i - mu)^T                (between classes)
+        Sigma_w = 1/(n (q - 1)) sum_i sum_j (x_ij - mu_i)(x_ij - mu_i)^T + delta I  (within)
+        Sigma_lidar = Sigma_w^-1/2 Sigma_b Sigma_w^-1/2
+
+    and LiDAR = exp(-sum_k p_k log p_k) over the d eigenvalues lambda_k of Sigma_lidar, with
+    p_k = (lambda_k + eps) / sum_j (lambda_j + eps). The normalisations and the defaults
+    delta = 1e-4, eps = 1e-8 are the paper's (as its reference callback in stable-pretraining
+    reads them; the paper writes p_k = lambda_k / ||lambda||_1 + eps, which differs by
+    O(d eps)). Unlike the project's effective rank and RankMe, the entropy is of the
+    eigenvalues themselves, not of singular values, and the vectors are used as they are,
+    not L2-normalised (so delta is in their units).
+
+    k equal discriminant directions give k; the value is at most min(d, n - 1)
+    (:func:`lidar_cap`) up to O(d eps). Views that are all identical (Sigma_w = 0) leave
+    Sigma_w = delta I, so LiDAR is the same entropy of the eigenvalues of Sigma_b itself:
+    finite. Class means that all coincide (a complete collapse) leave no between-class
+    scatter; LiDAR is then 0, as the effective rank of no variance (the eps formula would
+    read d there). Computed in float64 as :func:`lidar_eigenvalues` says.
+    """
+    lam, d = lidar_eigenvalues(views, delta)
+    return lidar_from_eigenvalues(lam, d, eps)
+
+
+def lidar_cap(samples: int, dimensions: int) -> int:
+    """The largest LiDAR n samples in d dimensions can give: min(d, n - 1), the rank of
+    Sigma_b."""
+    return min(dimensions, samples - 1)

@@ -14,18 +14,30 @@ measure them unchanged. The layouts:
   ``head`` its online ImageNet classifier); flat keys ``backbone.…``, as in a training
   checkpoint's model state dict, read the same;
 * ``state_dict``: a plain torchvision ResNet (or this project's SmallCNN) state dict; the
-  classifier ``fc`` is dropped.
+  classifier ``fc`` is dropped. timm's ResNets name their weights as torchvision does
+  (``conv1``, ``bn1``, ``layer1``-``layer4``, ``fc``) and read the same.
 
-Any of them may sit inside ``state_dict`` / ``model`` wrappers and carry the ``module.`` prefix
-of DistributedDataParallel (or ``_orig_mod.`` of ``torch.compile``). The architecture comes from
+A ResNet backbone may also be an ``nn.Sequential`` of a torchvision ResNet's children without
+``fc``, as lightly's examples build it (keys ``0.weight`` for conv1, ``1.*`` for bn1, ``4.*`` to
+``7.*`` for layer1 to layer4): it is renamed to torchvision's keys. Any layout may sit inside
+``state_dict`` / ``model`` wrappers (a PyTorch Lightning or solo-learn ``.ckpt``, whose
+``state_dict`` holds ``backbone.…`` keys) or timm's EMA wrappers ``state_dict_ema`` /
+``model_ema`` (preferred unless ``use_ema`` is false), and carry the ``module.`` prefix of
+DistributedDataParallel (or ``_orig_mod.`` of ``torch.compile``). The architecture comes from
 :class:`EncoderConfig`; a file whose keys or shapes do not fit it is refused, listing missing,
-unexpected and mis-shaped keys and the setting to change. Nothing here reads files: the caller
-loads the checkpoint with ``torch.load(weights_only=True)``.
+unexpected and mis-shaped keys and the setting to change.
+
+Nothing here reads files: the caller loads the checkpoint with
+:func:`directclr.checkpoints.load_foreign_checkpoint` (weights-only torch files, torch files
+whose pickled objects such as Lightning's hyper-parameters are replaced by inert
+:class:`~directclr.checkpoints.UnreadableObject` placeholders, or ``.safetensors``). The report
+lists each placeholder (``unreadable_entries``); the weights never come from one.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -33,12 +45,14 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from directclr.backbones import BACKBONES, Backbone, Norm, Stem, representation_dim
+from directclr.checkpoints import placeholder_name
 from directclr.models import ModelConfig, artifact_config, build_model, model_artifact
 
 # torchvision's ImageNet statistics, which torchvision-style encoders were trained with.
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 WRAPPERS = ("state_dict", "model")
+EMA_WRAPPERS = ("state_dict_ema", "model_ema")  # timm's training checkpoints
 KEY_PREFIXES = ("module.", "_orig_mod.")
 FIRST_CONV = {
     "small_cnn": "features.0.weight",
@@ -90,6 +104,11 @@ class EncoderConfig(BaseModel):
     d0: int | None = Field(
         None, ge=1, description="a DirectCLR encoder: z = r[:, :d0] (the file has no projector)"
     )
+    use_ema: bool = Field(
+        True,
+        description="a training checkpoint with EMA weights (timm's state_dict_ema or "
+        "model_ema) beside the trained ones: read the EMA weights (false: the trained ones)",
+    )
     normalization: Literal["auto", "imagenet", "dataset"] | ChannelStats = Field(
         "auto",
         description="auto: the file's own statistics if it has them, else ImageNet's for a "
@@ -119,19 +138,57 @@ def _strip(key: str) -> str:
     return key
 
 
-def unwrap(checkpoint: Any) -> Any:
-    """The state dict inside ``state_dict`` / ``model`` wrappers (a training checkpoint's)."""
+def wrappers(use_ema: bool = True) -> tuple[str, ...]:
+    """The wrapper entries a training checkpoint's weights may sit in, in the order tried."""
+    return EMA_WRAPPERS + WRAPPERS if use_ema else WRAPPERS + EMA_WRAPPERS
+
+
+def _unwrap_path(checkpoint: Any, names: tuple[str, ...]) -> tuple[Any, list[str]]:
+    """The state dict inside wrapper entries (a training checkpoint's), and their names."""
+    path: list[str] = []
     while isinstance(checkpoint, dict) and not is_model_artifact(checkpoint):
-        inner = next((checkpoint[k] for k in WRAPPERS if isinstance(checkpoint.get(k), dict)), None)
-        if inner is None:
+        name = next((k for k in names if isinstance(checkpoint.get(k), dict)), None)
+        if name is None:
             break
-        checkpoint = inner
-    return checkpoint
+        checkpoint = checkpoint[name]
+        path.append(name)
+    return checkpoint, path
 
 
-def flatten_checkpoint(checkpoint: Any) -> dict[str, torch.Tensor]:
-    """Every tensor of a checkpoint under one dotted key, with wrappers and DDP / torch.compile
-    prefixes removed; other values (epoch, optimizer settings) are left out.
+def unwrap(checkpoint: Any, names: tuple[str, ...] = WRAPPERS) -> Any:
+    """The state dict inside ``state_dict`` / ``model`` wrappers (a training checkpoint's), or
+    inside the wrappers ``names`` in their order."""
+    return _unwrap_path(checkpoint, names)[0]
+
+
+def unreadable_entries(checkpoint: Any, shown: int = 50) -> list[str]:
+    """Where the file held pickled objects that were left out unread (placeholders of
+    :func:`directclr.checkpoints.load_with_placeholders`), as ``entry.path (module.Class)``."""
+    found: list[str] = []
+
+    def visit(value: Any, path: str) -> None:
+        name = placeholder_name(value)
+        if name is not None:
+            found.append(f"{path or 'the whole file'} ({name})")
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                visit(item, f"{path}.{key}" if path else str(key))
+        elif isinstance(value, list | tuple):
+            for index, item in enumerate(value):
+                visit(item, f"{path}[{index}]")
+
+    visit(checkpoint, "")
+    if len(found) > shown:
+        found = found[:shown] + [f"... ({len(found) - shown} more)"]
+    return found
+
+
+def flatten_checkpoint(
+    checkpoint: Any, names: tuple[str, ...] = WRAPPERS
+) -> dict[str, torch.Tensor]:
+    """Every tensor of a checkpoint under one dotted key, with wrappers (``names``, tried in
+    order) and DDP / torch.compile prefixes removed; other values (epoch, optimizer settings,
+    placeholders of objects left unread) are left out.
 
     Raises ValueError for anything that holds no tensors.
     """
@@ -145,10 +202,18 @@ def flatten_checkpoint(checkpoint: Any) -> dict[str, torch.Tensor]:
                 name = _strip(str(name))
                 visit(item, f"{key}.{name}" if key else name)
 
-    inner = unwrap(checkpoint)
+    inner = unwrap(checkpoint, names)
     if isinstance(inner, dict):
         visit(inner["state_dict"] if is_model_artifact(inner) else inner, "")
     if not flat:
+        skipped = unreadable_entries(inner, SHOWN)
+        if skipped:
+            raise ValueError(
+                f"the file holds no tensors that can be read without running its code: "
+                f"{', '.join(skipped)} is a pickled Python object (a whole model saved with "
+                "torch.save(model) is one), left unread. In the program that wrote it, save "
+                "the weights alone (torch.save(model.state_dict(), path)) and use that file"
+            )
         keys = list(checkpoint)[:SHOWN] if isinstance(checkpoint, dict) else []
         raise ValueError(
             f"the file is not a checkpoint: it holds no named tensors (a "
@@ -420,7 +485,9 @@ def _normalization(source: str, stats: ChannelStats | None) -> dict:
 # ---------------------------------------------------------------------------------------------
 # Conversion
 
-IGNORED_FOR_ARTIFACTS = ["backbone", "width", "norm", "backbone_entry", "projector_entry", "d0"]
+IGNORED_FOR_ARTIFACTS = [
+    "backbone", "width", "norm", "backbone_entry", "projector_entry", "d0", "use_ema",
+]  # fmt: skip
 
 
 def _import_artifact(artifact: dict, config: EncoderConfig, settings: str) -> tuple[dict, dict]:
@@ -470,12 +537,67 @@ class _Parts:
     entries: list[str]  # the file's top-level entries, for messages
     unused: list[str]
     dropped: list[str]
+    renamed: str | None  # how the backbone's keys were renamed, if they were
 
 
 def _without_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     if state and all(k.startswith(prefix) for k in state):
         return {k.removeprefix(prefix): v for k, v in state.items()}
     return state
+
+
+def _without_container(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A module's state dict without the name of the one container it wraps its layers in
+    (``net.`` of this project's projector, ``layers.`` of lightly's projection heads)."""
+    heads = {key.partition(".")[0] for key in state}
+    if len(heads) == 1 and all("." in key for key in state) and not next(iter(heads)).isdigit():
+        return _without_prefix(state, f"{next(iter(heads))}.")
+    return state
+
+
+def _child_kind(params: dict[str, torch.Tensor]) -> str:
+    """What one child of an ``nn.Sequential`` holding a ResNet's children is, from its keys:
+    a convolution, a BatchNorm, a stage of residual blocks or a Linear classifier."""
+    weight = params.get("weight")
+    if weight is not None and set(params) <= {"weight", "bias"}:
+        return {4: "conv", 2: "linear"}.get(weight.ndim, "?")
+    if {"running_mean", "running_var"} <= set(params) and all("." not in k for k in params):
+        return "bn"
+    return "stage" if "0.conv1.weight" in params else "?"
+
+
+RESNET_CHILDREN = ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4", "fc")
+
+
+def resnet_from_sequential(
+    state: dict[str, torch.Tensor],
+) -> tuple[dict[str, torch.Tensor], str | None]:
+    """A backbone saved as ``nn.Sequential(*list(resnet.children())[:-1])`` (lightly's examples)
+    with torchvision's keys, and a sentence saying how its children were named; the state
+    unchanged and None when it is not one.
+
+    The children with weights are matched by what they hold, in order: conv1, bn1, four stages
+    (layer1 to layer4) and, if the classifier was kept, fc. The parameter-free children (relu,
+    maxpool, avgpool) hold no keys, so a Sequential that left out the max-pool reads the same.
+    """
+    children: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in state.items():
+        index, dot, rest = key.partition(".")
+        if not (dot and index.isdigit()):
+            return state, None
+        children.setdefault(int(index), {})[rest] = value
+    order = sorted(children)
+    kinds = [_child_kind(children[index]) for index in order]
+    expected = ["conv", "bn", "stage", "stage", "stage", "stage", "linear"]
+    if kinds not in (expected, expected[:-1]):
+        return state, None
+    renamed = {
+        f"{RESNET_CHILDREN[position]}.{rest}": value
+        for position, index in enumerate(order)
+        for rest, value in children[index].items()
+    }
+    mapping = ", ".join(f"{index}: {RESNET_CHILDREN[pos]}" for pos, index in enumerate(order))
+    return renamed, f"nn.Sequential of a torchvision ResNet's children ({mapping})"
 
 
 def _take_apart(tensors: dict[str, torch.Tensor], config: EncoderConfig) -> _Parts:
@@ -492,12 +614,13 @@ def _take_apart(tensors: dict[str, torch.Tensor], config: EncoderConfig) -> _Par
     else:
         layout, projector, unused = "state_dict", None, []
         backbone = {k: v for k, v in tensors.items() if k not in ("mean", "std")}
+    backbone, renamed = resnet_from_sequential(backbone)
     dropped = sorted(k for k in backbone if k.startswith("fc."))
     backbone = {k: v for k, v in backbone.items() if not k.startswith("fc.")}
     # This project's ResNetBackbone and MLPProjector wrap their layers in `net`.
     backbone = _without_prefix(backbone, "net.")
-    projector = _without_prefix(projector, "net.") if projector is not None else None
-    return _Parts(layout, backbone, projector, names, unused, dropped)
+    projector = _without_container(projector) if projector is not None else None
+    return _Parts(layout, backbone, projector, names, unused, dropped, renamed)
 
 
 def _embedding(
@@ -505,8 +628,10 @@ def _embedding(
     config: EncoderConfig,
     dim: int,
     settings: str,
+    unused: Sequence[str] = (),
 ) -> tuple[ConvertedProjector | None, str]:
-    """The projector to use (None: z = r or r[:, :d0]) and a sentence saying how z is made."""
+    """The projector to use (None: z = r or r[:, :d0]) and a sentence saying how z is made
+    (naming the file's ``unused`` entries when the projector entry is missing)."""
     entry = config.projector_entry
     projector = None
     if projector_state is not None:
@@ -518,6 +643,11 @@ def _embedding(
             note = f"z = projector(r): {projector.description}, from the '{entry}' entry"
     elif entry:
         note = f"z = r: the file has no '{entry}' entry"
+        if unused:
+            note += (
+                f" (its other entries: {_listing(list(unused))}; {settings}projector_entry "
+                "names the projector's, e.g. projection_head for lightly)"
+            )
     else:
         note = f"z = r: {settings}projector_entry is null"
     if config.d0 is None:
@@ -566,6 +696,24 @@ def _fit_message(parts: _Parts, problems: list[str], config: EncoderConfig, sett
     )
 
 
+def _weights_note(checkpoint: Any, path: list[str], settings: str) -> str:
+    """Which entry the weights were read from, and the other weights beside it, if any."""
+    if not path:
+        return "the file's top level"
+    where = ".".join(path)
+    outer = checkpoint
+    for name in path[:-1]:
+        outer = outer[name]
+    ema = path[-1] in EMA_WRAPPERS
+    others = [k for k in (WRAPPERS if ema else EMA_WRAPPERS) if isinstance(outer.get(k), dict)]
+    if ema:
+        where += " (the EMA weights)"
+    if others:
+        flip = "false" if ema else "true"
+        where += f"; {', '.join(others)} set aside ({settings}use_ema={flip} reads it)"
+    return where
+
+
 def convert_checkpoint(
     checkpoint: Any, config: EncoderConfig, settings: str = ""
 ) -> tuple[dict, dict]:
@@ -576,9 +724,14 @@ def convert_checkpoint(
     ``analyze.encoder.``). With ``normalization: dataset`` the artifact's mean and std are
     placeholders until :func:`fit_to_dataset` sets them.
     """
-    tensors = flatten_checkpoint(checkpoint)
-    digest = {"checkpoint_hash": checkpoint_hash(tensors)}
-    inner = unwrap(checkpoint)
+    names = wrappers(config.use_ema)
+    tensors = flatten_checkpoint(checkpoint, names)
+    inner, path = _unwrap_path(checkpoint, names)
+    digest = {
+        "checkpoint_hash": checkpoint_hash(tensors),
+        "weights": _weights_note(checkpoint, path, settings),
+        "unreadable_entries": unreadable_entries(checkpoint),
+    }
     if is_model_artifact(inner):
         artifact, report = _import_artifact(inner, config, settings)
         return artifact, digest | report
@@ -587,7 +740,8 @@ def convert_checkpoint(
     conv = parts.backbone.get(FIRST_CONV[config.backbone])
     in_channels = int(conv.shape[1]) if conv is not None and conv.ndim == 4 else 3
     dim = representation_dim(config.backbone, config.width)
-    projector, note = _embedding(parts.projector, config, dim, settings)
+    unused = parts.unused if parts.layout == "entries" else []
+    projector, note = _embedding(parts.projector, config, dim, settings, unused)
     model_config = _model_config(projector, config, settings)
     file_stats = _file_stats({k: v for k, v in tensors.items() if "." not in k}, in_channels)
     source, stats = resolve_normalization(config.normalization, in_channels, file_stats, settings)
@@ -607,6 +761,7 @@ def convert_checkpoint(
     model.load_state_dict(state)
     report = digest | {
         "layout": parts.layout,
+        "renamed_keys": parts.renamed,
         "embedding": note,
         "projector": projector.description if projector else None,
         "dropped_keys": parts.dropped,

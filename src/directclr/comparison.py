@@ -34,9 +34,14 @@ SUMMARISED = (
     "linear_probe_top1_r", "linear_probe_top1_z", "knn_top1_r", "linear_probe_top1_raw_pixels",
     "linear_probe_top1_r_head", "linear_probe_top1_r_tail",
     "effective_rank_r", "effective_rank_z", "effective_rank_r_head", "effective_rank_r_tail",
-    "rankme_r", "nesum_r", "participation_ratio_r", "normalised_std_r", "numerical_rank_r",
+    "rankme_r", "rankme_z", "nesum_r", "nesum_z", "participation_ratio_r",
+    "participation_ratio_z", "normalised_std_r", "normalised_std_z", "lidar_r", "lidar_z",
+    "numerical_rank_r", "numerical_rank_z", "power_law_alpha_r", "power_law_alpha_z",
     "collapsed_dims_r", "collapsed_dims_z", "training_seconds",
 )  # fmt: skip
+# The label-free measures every row carries for r and z (spectrum_metrics' names).
+LABEL_FREE = ("rankme", "nesum", "participation_ratio", "normalised_std", "lidar",
+              "numerical_rank", "power_law_alpha")  # fmt: skip
 # For DirectCLR's architecture (the control's too): r[:, :d0] (head) and r[:, d0:] (tail).
 HEAD, TAIL = "r[:d0]", "r[d0:]"
 PAIRED = ("linear_probe_top1_r", "effective_rank_r")
@@ -71,11 +76,13 @@ def comparison_row(
         "spectrum_split": split,
         "effective_rank_r": spectrum[f"r_{split}"]["effective_rank"],
         "effective_rank_z": spectrum[f"z_{split}"]["effective_rank"],
-        "rankme_r": spectrum[f"r_{split}"].get("rankme"),
-        "nesum_r": spectrum[f"r_{split}"].get("nesum"),
-        "participation_ratio_r": spectrum[f"r_{split}"].get("participation_ratio"),
-        "normalised_std_r": spectrum[f"r_{split}"].get("normalised_std"),
-        "numerical_rank_r": spectrum[f"r_{split}"].get("numerical_rank"),
+        # The label-free measures of r and z (LiDAR: of augmented views of training images,
+        # whatever the split).
+        **{
+            f"{metric}_{kind}": spectrum[f"{kind}_{split}"].get(metric)
+            for metric in LABEL_FREE
+            for kind in ("r", "z")
+        },
         "collapsed_dims_r": spectrum[f"r_{split}"]["collapsed_dimensions"],
         "collapsed_dims_z": spectrum[f"z_{split}"]["collapsed_dimensions"],
         "structural_zeros_r": spectrum[f"r_{split}"]["structural_zeros"],
@@ -104,8 +111,9 @@ def summarise(per_seed: pd.DataFrame, reference: str) -> pd.DataFrame:
             "spectrum_split": first["spectrum_split"], "dims_r": first["dims_r"],
             "dims_z": first["dims_z"], "structural_zeros_r": first["structural_zeros_r"],
         }  # fmt: skip
-        for metric in SUMMARISED:
-            values = pd.to_numeric(group[metric], errors="coerce")
+        for metric in SUMMARISED:  # a table written before a metric existed: NaN
+            values = pd.to_numeric(group.get(metric, pd.Series(math.nan, group.index)),
+                                   errors="coerce")  # fmt: skip
             row[f"{metric}_mean"] = values.mean()
             row[f"{metric}_std"] = values.std(ddof=1) if len(values) > 1 else math.nan
         pairs = 0

@@ -130,16 +130,21 @@ def model_artifact(model: ContrastiveModel, config: ModelConfig, in_channels: in
     """A weights-only-loadable dict: the architecture config and the state dict.
 
     ``config`` may be any config that extends :class:`ModelConfig` (the training settings):
-    only the architecture is kept.
+    the architecture is kept, and the first view's augmentation recipe when it has one.
     """
     architecture = ModelConfig.model_validate(
         config.model_dump(include=set(ModelConfig.model_fields))
     )
-    return {
+    artifact = {
         "config": architecture.model_dump(),
         "in_channels": in_channels,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
+    augmentation = getattr(config, "augmentation", None)
+    if augmentation is not None:
+        # The first view's recipe the model trained with: what LiDAR's views are made with.
+        artifact["augmentation"] = augmentation.view1.model_dump(mode="json")
+    return artifact
 
 
 def artifact_config(artifact: dict[str, Any]) -> ModelConfig:

@@ -7,13 +7,16 @@ the shared ``pretraining`` recipe. Every run shares the prepared ``dataset`` and
 analysis parameters. Each stage is also a namespace of its own inside the run, so kedro-viz
 draws the five stages as groups.
 
-Comparisons (``compare``, ``projector_ablation``, ``d0_sweep``) run several such runs side by
-side, each once per seed of the comparison's ``seeds``: one namespace per run and seed
-(``compare.simclr.seed_0``), so every seed keeps its own versioned artifacts and checkpoint
-and ``--namespaces`` can redo one. The run named ``random_init`` is the control: the same
-stages, with a model that never trained in place of pretraining. Runs and seeds are read
-from the parameters (conf/base/parameters_compare.yml), so adding a run there adds
+Comparisons (``compare``, ``projector_ablation``, ``d0_sweep``, ``sweep``) run several such
+runs side by side, each once per seed of the comparison's ``seeds``: one namespace per run
+and seed (``compare.simclr.seed_0``), so every seed keeps its own versioned artifacts and
+checkpoint and ``--namespaces`` can redo one. The run named ``random_init`` is the control:
+the same stages, with a model that never trained in place of pretraining. Runs and seeds are
+read from the parameters (conf/base/parameters_compare.yml), so adding a run there adds
 namespaces with no code change.
+
+``selection`` reads the finished runs of the comparisons that ``selection.comparisons``
+lists (their latest per-seed tables) and asks which label-free metric predicts accuracy.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from directclr.pipelines import (
     linear_eval,
     pretraining,
     random_init,
+    selection,
     spectrum,
     toy_implicit_regularization,
     toy_strong_augmentation,
@@ -51,7 +55,7 @@ SHARED_PARAMETERS = {
     "params:spectrum": "params:spectrum",
     "params:linear_eval": "params:linear_eval",
 }
-COMPARISONS = ("compare", "projector_ablation", "d0_sweep")
+COMPARISONS = ("compare", "projector_ablation", "d0_sweep", "sweep")
 # Keys of a comparison's parameters that are not runs.
 COMPARISON_SETTINGS = ("seeds", "reference")
 CONTROL_STAGES = {
@@ -126,20 +130,39 @@ def configured_comparisons(conf_source: Path | None = None) -> dict[str, list[st
 
 
 def _configured_layout(conf_source: Path | None = None) -> dict[str, tuple[list[str], list[int]]]:
+    return comparison_layout(_configured_parameters(conf_source))
+
+
+def _configured_parameters(conf_source: Path | None = None) -> dict:
     source = conf_source or Path.cwd() / settings.CONF_SOURCE
     if not source.is_dir():
         return {}
     loader = settings.CONFIG_LOADER_CLASS(
         conf_source=str(source), env=os.environ.get("KEDRO_ENV"), **settings.CONFIG_LOADER_ARGS
     )
-    return comparison_layout(loader["parameters"])
+    return loader["parameters"]
+
+
+def selection_comparisons(params: dict) -> list[str]:
+    """The comparisons whose runs ``selection`` reads: ``selection.comparisons`` (default
+    ``[sweep]``), duplicates dropped. Read when pipelines are registered; the project's hook
+    stops a run whose parameters list others, or a comparison that has not run yet."""
+    section = params.get("selection") or {}  # a run's parameters hold it as SelectionConfig
+    default = ["sweep"]
+    if isinstance(section, dict):
+        listed = section.get("comparisons", default)
+    else:
+        listed = getattr(section, "comparisons", default)
+    listed = [listed] if isinstance(listed, str) else list(listed or [])
+    return [str(name) for name in dict.fromkeys(listed)]
 
 
 def register_pipelines() -> dict[str, Pipeline]:
     """``directclr`` (the default) and ``simclr`` run all five stages; each stage alone is
     registered under its own name and runs for the default method; each configured
     comparison is registered under its name; ``analyze`` runs the analysis stages on an
-    encoder imported from a checkpoint."""
+    encoder imported from a checkpoint; ``selection`` ranks label-free metrics by how well
+    they predict accuracy over the finished runs of ``selection.comparisons``."""
     pipelines = {
         "directclr": method_pipeline("directclr"),
         "simclr": method_pipeline("simclr"),
@@ -151,7 +174,9 @@ def register_pipelines() -> dict[str, Pipeline]:
     pipelines["data_prep"] = data_prep_pipeline()
     for stage in MODEL_STAGES:
         pipelines[stage] = default.only_nodes_with_tags(stage)
-    for name, (runs, seeds) in _configured_layout().items():
+    params = _configured_parameters()
+    for name, (runs, seeds) in comparison_layout(params).items():
         pipelines[name] = comparison_pipeline(name, runs, seeds)
+    pipelines["selection"] = selection.create_pipeline(selection_comparisons(params))
     pipelines["__default__"] = default
     return pipelines

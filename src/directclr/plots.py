@@ -238,3 +238,33 @@ def collapse_prediction_figure(prediction: pd.DataFrame, title: str) -> plt.Figu
     fig.tight_layout()
     plt.close(fig)
     return fig
+
+
+def metric_vs_accuracy_figure(
+    runs: pd.DataFrame,
+    metric: str,
+    accuracy: str,
+    title: str,
+    hue: str = "method",
+    labels: dict[str, str] | None = None,
+    annotate: str | None = None,
+) -> plt.Figure:
+    """One point per run: a label-free ``metric`` against ``accuracy``, coloured by ``hue``
+    (legend entries renamed by ``labels``), each point marked with its ``annotate`` value
+    where that column exists and is set."""
+    frame = runs.dropna(subset=[metric, accuracy]).copy()
+    frame[hue] = frame[hue].astype(str).map(lambda value: (labels or {}).get(value, value))
+    sns.set_theme(style="whitegrid")
+    fig, ax = plt.subplots(figsize=(6.5, 4.5), dpi=120)
+    sns.scatterplot(data=frame, x=metric, y=accuracy, hue=hue, style=hue, s=60, ax=ax)
+    if annotate is not None and annotate in frame:
+        for _, row in frame.dropna(subset=[annotate]).iterrows():
+            ax.annotate(f"{row[annotate]:g}", (row[metric], row[accuracy]), fontsize=7,
+                        color="0.3", xytext=(4, 3), textcoords="offset points")  # fmt: skip
+    if ax.get_legend() is not None:
+        sns.move_legend(ax, "best", fontsize=7, title_fontsize=8)
+    ax.set_title(title, fontsize=9)
+    note = f"one point per run and seed (n = {len(frame)})"
+    if annotate is not None and annotate in frame:
+        note += f"; marks: {annotate}"
+    return _finish(fig, ax, note)

@@ -4,13 +4,22 @@ import warnings
 
 from kedro.config import OmegaConfigLoader
 
-from directclr.framework.hooks import CheckRunBeforeWork, RankZeroWrites
+from directclr.framework.environment import quiet
+
+quiet()  # again, for sessions made from Python rather than the kedro command
+
+from directclr.framework.hooks import CheckRunBeforeWork, RankZeroWrites  # noqa: E402
+from directclr.framework.tracking import ProjectMlflowHook, TrackRuns  # noqa: E402
 
 # The project documents `kedro run --pipeline=<name>`, the spelling its users know; Kedro 1.x
 # also accepts `--pipelines`. Keep the run log free of the notice about the older spelling.
 warnings.filterwarnings("ignore", message="Option '--pipeline' is deprecated")
 
-HOOKS = (CheckRunBeforeWork(), RankZeroWrites())
+# kedro-mlflow's hook registers itself; the project registers it here instead, as
+# ProjectMlflowHook, which tracks only when DIRECTCLR_TRACKING is not off (and on rank 0).
+DISABLE_HOOKS_FOR_PLUGINS = ("kedro_mlflow", "kedro-mlflow")
+_MLFLOW = ProjectMlflowHook()
+HOOKS = (CheckRunBeforeWork(), RankZeroWrites(), _MLFLOW, TrackRuns(_MLFLOW))
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {

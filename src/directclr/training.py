@@ -21,7 +21,7 @@ import tempfile
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import pandas as pd
@@ -31,8 +31,8 @@ from pydantic import Field, ValidationError, model_validator
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from directclr.analysis import Spectrum, embedding_spectrum, spectrum_metrics
-from directclr.augment import TwoViewAugmentation, augment
+from directclr.analysis import Spectrum, embedding_spectrum, lidar, spectrum_metrics
+from directclr.augment import TwoViewAugmentation, ViewAugmentation, augment
 from directclr.batches import BatchSource, TensorBatches, source_from_spec
 from directclr.checkpoints import CheckpointStore
 from directclr.devices import DeviceSetting, WorkersSetting, resolve_device, use_bf16
@@ -87,6 +87,15 @@ class PretrainingConfig(ModelConfig):
     augmentation: TwoViewAugmentation = TwoViewAugmentation()
     probe_lr: float = Field(1e-2, gt=0, description="learning rate of the online linear probe")
     rank_every: int = Field(1, ge=1, description="epochs between spectrum/effective-rank records")
+    lidar_samples: int = Field(
+        64,
+        ge=0,
+        description="LiDAR at each rank record: the first this many images of the probe batch "
+        "are its classes (at most this minus one; below 2: no LiDAR, NaN columns)",
+    )
+    lidar_views: int = Field(
+        4, ge=2, description="augmented views (view1's recipe) of each LiDAR image"
+    )
     checkpoint_every: int = Field(1, ge=1, description="epochs between checkpoints")
     resume: bool = Field(True, description="continue from this run's checkpoint if there is one")
     progress_every: int = Field(20, ge=1, description="steps between progress-bar updates")
@@ -296,6 +305,8 @@ class TrainingState:
 
 # The label-free measures the history records every rank_every epochs, for r and for z.
 RANK_METRICS = ("effective_rank", "rankme", "nesum", "participation_ratio", "normalised_std")
+# Beside them: LiDAR of r and z on augmented views of a few probe images (lidar_metrics).
+LIDAR_COLUMNS = ("lidar_r", "lidar_z")
 
 
 def rank_metrics(spectrum: Spectrum, kind: str) -> dict[str, float]:
@@ -314,6 +325,28 @@ def _probe_representation(
     r, z = model(images.float() / 255)
     model.train(was_training)
     return r.float().cpu(), z.float().cpu()
+
+
+@torch.no_grad()
+def lidar_metrics(
+    model: ContrastiveModel, images: torch.Tensor, view: ViewAugmentation, views: int, seed: int
+) -> dict[str, float]:
+    """LiDAR (:func:`~directclr.analysis.lidar`) of r and z, with each of the uint8
+    ``images`` a class of ``views`` augmented views (``view``'s recipe), computed with the
+    model in eval mode. The views come from a generator of their own, seeded with ``seed``
+    at every call: every record sees the same views, and the training augmentations'
+    generator is never touched."""
+    generator = torch.Generator(device=images.device).manual_seed(seed)
+    batch = augment(images.repeat_interleave(views, dim=0), view, generator)
+    was_training = model.training
+    model.eval()
+    r, z = model(batch)
+    model.train(was_training)
+    n = len(images)
+    return {
+        "lidar_r": lidar(r.float().cpu().reshape(n, views, -1)),
+        "lidar_z": lidar(z.float().cpu().reshape(n, views, -1)),
+    }
 
 
 class _Progress:
@@ -347,6 +380,23 @@ class _Progress:
             self.bar.stop()
 
 
+class Recorder(Protocol):
+    """Hears of a training run as it goes (:class:`directclr.tracking.RunRecorder`)."""
+
+    def start(self, key: str, history: list[dict[str, Any]]) -> Any: ...
+
+    def record(self, row: dict[str, Any]) -> None: ...
+
+
+def _record(recorder: Recorder, row: dict[str, Any]) -> None:
+    """Pass an epoch's row on; a tracking store that fails mid-run costs its history
+    points, never the training run (the catalog's history keeps every row)."""
+    try:
+        recorder.record(row)
+    except Exception as error:  # noqa: BLE001 - any store or network failure
+        logger.warning("pretraining: epoch %s not tracked (%s)", row.get("epoch"), error)
+
+
 def _log(rank: int, message: str, *args) -> None:
     if rank == 0:
         logger.info(message, *args)
@@ -356,14 +406,15 @@ def _log(rank: int, message: str, *args) -> None:
 # Several processes started from one
 
 
-def _train_in_process(job: str, config: PretrainingConfig) -> None:
+def _train_in_process(job: str, config: PretrainingConfig, recorder: Recorder | None) -> None:
     """One process of a job started by :func:`_pretrain_in_processes`; rank 0 leaves the
     result beside the job file for the parent."""
     spec = torch.load(job, weights_only=True)
     store = CheckpointStore(spec["checkpoints"]) if spec["checkpoints"] else None
     model, history, spectra = pretrain(
-        source_from_spec(spec["source"]), None, config, spec["mean"], spec["std"], store
-    )
+        source_from_spec(spec["source"]), None, config, spec["mean"], spec["std"], store,
+        recorder,
+    )  # fmt: skip
     if rank_and_world()[0] == 0:
         torch.save({"state_dict": model.state_dict(), "history": history.to_dict("list"),
                     "spectra": spectra.to_dict("list")}, job + ".result")  # fmt: skip
@@ -375,6 +426,7 @@ def _pretrain_in_processes(
     mean: list[float],
     std: list[float],
     checkpoints: CheckpointStore | None,
+    recorder: Recorder | None = None,
 ) -> tuple[ContrastiveModel, pd.DataFrame, pd.DataFrame]:
     """``devices: N`` from a single process: start a job of N processes (nccl on CUDA,
     gloo on CPU), wait for it, and return rank 0's result. The data travel as a
@@ -387,7 +439,7 @@ def _pretrain_in_processes(
             "std": list(std),
             "checkpoints": str(checkpoints.directory) if checkpoints else None,
         }, job)  # fmt: skip
-        spawn(_train_in_process, config.devices, (job, config))
+        spawn(_train_in_process, config.devices, (job, config, recorder))
         result = torch.load(job + ".result", weights_only=True)
     model = build_model(config, source.channels, mean, std, config.seed)
     model.load_state_dict(result["state_dict"])
@@ -405,6 +457,7 @@ def pretrain(
     mean: list[float],
     std: list[float],
     checkpoints: CheckpointStore | None = None,
+    recorder: Recorder | None = None,
 ) -> tuple[ContrastiveModel, pd.DataFrame, pd.DataFrame]:
     """Train ``config.method`` on uint8 ``images`` (N, C, H, W) with ``labels`` (the online
     probe's; -1 for unlabelled images), or on any :class:`~directclr.batches.BatchSource`
@@ -413,8 +466,13 @@ def pretrain(
     Returns the model (on CPU, in eval mode), the history (one row per epoch: loss,
     learning rate, online-probe accuracy on the training batches, images/s, and every
     ``rank_every`` epochs the effective rank of r and z on a fixed batch of un-augmented
-    images) and the spectrum history (the covariance eigenvalues behind those ranks, long
+    images, and their LiDAR on fixed augmented views of the first ``lidar_samples`` of
+    them) and the spectrum history (the covariance eigenvalues behind those ranks, long
     format: epoch, step, vectors, index, eigenvalue).
+
+    ``recorder`` (rank 0's) hears of the run once it is known whether training resumes
+    (``start(key, rows so far)``) and of every epoch's row (``record(row)``), as it is
+    recorded: the MLflow run of :class:`~directclr.tracking.RunRecorder` follows training live.
 
     The run stops with a FloatingPointError, keeping its last good checkpoint, when the loss
     or any parameter or buffer becomes non-finite, or the representation collapses to a
@@ -426,7 +484,7 @@ def pretrain(
         else images
     )
     if config.devices > 1 and launched_world_size() == 1:
-        return _pretrain_in_processes(source, config, mean, std, checkpoints)
+        return _pretrain_in_processes(source, config, mean, std, checkpoints, recorder)
 
     # -- setup: processes, device, data, model, optimisers -----------------------------------
     device = resolve_device(config.device)
@@ -477,6 +535,7 @@ def pretrain(
         augment_rng=torch.Generator(device=device).manual_seed(config.seed + 1_000_003 * rank),
     )
     probe_images = source.probe_batch(min(source.num_images, 1024), config.seed + 1)
+    lidar_images = probe_images[: config.lidar_samples] if config.lidar_samples >= 2 else None
     key = run_key(config, source.fingerprint(), world)
     steps_per_epoch = source.steps_per_epoch()
     total_steps = steps_per_epoch * config.epochs
@@ -488,6 +547,9 @@ def pretrain(
         run.restore(state, rank, str(checkpoints.path(key)))
         _log(rank, "pretraining: resuming %s from its checkpoint after epoch %d of %d",
              key, run.epoch, config.epochs)  # fmt: skip
+    recorder = recorder if rank == 0 else None
+    if recorder is not None:
+        recorder.start(key, run.history)
 
     # -- one epoch at a time -----------------------------------------------------------------
     progress = _Progress(total_steps, run.epoch * steps_per_epoch, enabled=rank == 0)
@@ -569,6 +631,7 @@ def pretrain(
                     for kind in ("r", "z")
                     for metric in RANK_METRICS
                 },
+                **dict.fromkeys(LIDAR_COLUMNS, float("nan")),
             }
             check_finite_state(model, probe, step, lr)
             probe_r, probe_z = _probe_representation(model, probe_images)
@@ -577,10 +640,17 @@ def pretrain(
                 spectrum_r = embedding_spectrum(probe_r.double())
                 spectrum_z = embedding_spectrum(probe_z.double())
                 row |= rank_metrics(spectrum_r, "r") | rank_metrics(spectrum_z, "z")
+                if lidar_images is not None:
+                    row |= lidar_metrics(
+                        model, lidar_images, config.augmentation.view1, config.lidar_views,
+                        config.seed + 2,
+                    )  # fmt: skip
                 lam_r, lam_z = spectrum_r.eigenvalues, spectrum_z.eigenvalues
                 spectra = {"r": torch.from_numpy(lam_r), "z": torch.from_numpy(lam_z)}
                 run.spectra.append({"epoch": run.epoch, "step": step, **spectra})
             run.history.append(row)
+            if recorder is not None:
+                _record(recorder, row)
             _log(
                 rank,
                 "epoch %d/%d  loss %.4f  lr %.2e  online probe %.3f  %.0f img/s  "

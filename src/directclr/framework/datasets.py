@@ -1,7 +1,9 @@
-"""A Kedro dataset for tensors, state dicts and nested dicts of them, loaded safely.
+"""Kedro datasets for tensors, state dicts and nested dicts of them, loaded safely.
 
 Saved with ``torch.save`` and loaded with ``torch.load(weights_only=True)``: a file can hold
-tensors, numbers, strings, lists and dicts, never arbitrary pickled objects.
+tensors, numbers, strings, lists and dicts, never arbitrary pickled objects. The one exception,
+the encoder checkpoint a user brings to ``analyze``, is read without running the objects it
+holds (:class:`EncoderCheckpointDataset`).
 """
 
 from __future__ import annotations
@@ -23,7 +25,12 @@ from kedro.io.core import (
     get_protocol_and_path,
 )
 
-from directclr.checkpoints import CheckpointStore, RefusedFileError, safe_load
+from directclr.checkpoints import (
+    CheckpointStore,
+    RefusedFileError,
+    load_foreign_checkpoint,
+    safe_load,
+)
 
 
 class TorchDataset(AbstractVersionedDataset[Any, Any]):
@@ -87,6 +94,29 @@ class TorchDataset(AbstractVersionedDataset[Any, Any]):
         except DatasetError:
             return False
         return self._fs.exists(load_path)
+
+
+class EncoderCheckpointDataset(TorchDataset):
+    """Reads the encoder checkpoint a user brings to ``analyze``, written by other code.
+
+    ``.safetensors`` files are read as such; torch files weights-only, and when they also hold
+    pickled Python objects (hyper-parameters of PyTorch Lightning or timm), with those objects
+    replaced by inert placeholders that the import report lists
+    (:func:`~directclr.checkpoints.load_foreign_checkpoint`). Read-only: the file is the
+    user's, never written by a node.
+    """
+
+    def load(self) -> Any:
+        load_path = get_filepath_str(self._get_load_path(), self._protocol)
+        with self._fs.open(load_path, mode="rb") as f:
+            data = f.read()
+        try:
+            return load_foreign_checkpoint(data, load_path)
+        except RefusedFileError as err:
+            raise DatasetError(str(err)) from None
+
+    def save(self, data: Any) -> None:
+        raise DatasetError("the encoder checkpoint is the user's file: analyze never writes it")
 
 
 class CheckpointDirectory(AbstractDataset[None, CheckpointStore]):

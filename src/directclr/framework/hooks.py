@@ -37,7 +37,8 @@ class CheckRunBeforeWork:
       ``<run>.pretraining`` laid over it, merged and validated here, once. The node then
       receives the validated settings as ``params:<run>.pretraining``;
     * runs that do not fit the data: checked against the existing dataset card, or, when
-      data_prep is in the run, against the card it just made, before it is saved.
+      data_prep is in the run, against the card it just made, before it is saved;
+    * ``selection`` reading a comparison that is not configured or has never run.
     """
 
     def __init__(self) -> None:
@@ -66,7 +67,8 @@ class CheckRunBeforeWork:
         envs = [loader.base_env, loader.env or loader.default_run_env]
         self._files = (from_files["parameters"], catalog_text(loader.conf_source, envs))
 
-    @hook_impl
+    # First of every hook: a refused run opens no MLflow run.
+    @hook_impl(tryfirst=True)
     def before_pipeline_run(self, run_params: dict, pipeline, catalog) -> None:
         params = catalog.load("parameters")
         if self._files is not None:
@@ -75,6 +77,7 @@ class CheckRunBeforeWork:
         _check_load_versions(run_params.get("load_versions") or {}, catalog)
         _check_comparisons(pipeline, params, run_params.get("env"))
         check_comparison_settings(params, _comparisons_in(pipeline))
+        _check_selection(pipeline, params, catalog, run_params.get("env"))
 
         self._params = params
         self._settings = run_settings_of(params, runs_in(pipeline))
@@ -160,6 +163,48 @@ def _check_comparisons(pipeline, params: dict[str, Any], env: str | None) -> Non
                 f"with seeds {registered_seeds}: one namespace per seed is made when pipelines "
                 f"are registered, from the parameter files of KEDRO_ENV, before --params and "
                 f"--env are read; {fix}"
+            )
+
+
+def _check_selection(pipeline, params: dict[str, Any], catalog, env: str | None) -> None:
+    """``selection`` reads the per-seed tables of the comparisons it was registered with. Stop
+    it when its parameters list other comparisons (registered before --params and --env are
+    read), when one is not a configured comparison, or when one has never run (and does not
+    run in this run), saying which pipeline to run first."""
+    from directclr.pipeline_registry import comparison_layout, selection_comparisons
+    from directclr.pipelines.selection.pipeline import GATHER_NODE
+
+    gather = next((node for node in pipeline.nodes if node.name == GATHER_NODE), None)
+    if gather is None:
+        return
+    suffix = ".per_seed_table"
+    registered = [name.removesuffix(suffix) for name in gather.inputs if name.endswith(suffix)]
+    listed = selection_comparisons(params)
+    if listed != registered:
+        raise ValueError(
+            f"selection.comparisons={listed}, but the selection pipeline was registered with "
+            f"{registered}: its inputs are made when pipelines are registered, from the "
+            f"parameter files of KEDRO_ENV; change selection.comparisons in "
+            f"parameters_selection.yml (or use KEDRO_ENV={env} instead of --env), not --params"
+        )
+    if not listed:
+        raise ValueError("selection.comparisons is empty: list the comparisons to read, e.g. "
+                         "[sweep]")  # fmt: skip
+    configured = comparison_layout(params)
+    unknown = [name for name in listed if name not in configured]
+    if unknown:
+        raise ValueError(
+            f"selection.comparisons lists {', '.join(unknown)}, which is not a configured "
+            f"comparison; choose from {', '.join(configured) or 'none'} (parameters_compare.yml)"
+        )
+    free = pipeline.inputs()
+    for name in listed:
+        table = f"{name}{suffix}"
+        if table in free and not catalog.exists(table):
+            raise ValueError(
+                f"selection reads the finished runs of {name}, but {name} has never run: there "
+                f"is no {table} (data/08_reporting/{name}/per_seed_table.csv). Run "
+                f"`kedro run --pipeline={name}` first, then `kedro run --pipeline=selection`"
             )
 
 

@@ -39,6 +39,14 @@ def import_encoder(
     set_aside = [f"dropped {', '.join(report['dropped_keys'])}"] if report["dropped_keys"] else []
     if report["unused_entries"]:
         set_aside.append(f"unused entries {', '.join(report['unused_entries'])}")
+    if report.get("renamed_keys"):
+        set_aside.append(f"backbone read as {report['renamed_keys']}")
+    if report["weights"] != "the file's top level":
+        set_aside.append(f"weights from {report['weights']}")
+    if report["unreadable_entries"]:
+        # Pickled objects (hyper-parameters and the like) that were not rebuilt: nothing of
+        # them is used, and they were never run.
+        set_aside.append(f"left unread: {', '.join(report['unreadable_entries'])}")
     logger.info(
         "import_encoder: %s checkpoint -> model (%s, r %d-d, %d channels; %s; normalisation %s)",
         report["layout"], report["backbone"], report["representation_dim"], report["in_channels"],

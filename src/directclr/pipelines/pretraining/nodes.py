@@ -10,13 +10,18 @@ from directclr.batches import training_batches
 from directclr.checkpoints import CheckpointStore
 from directclr.models import model_artifact
 from directclr.plots import training_history_figure
+from directclr.tracking import RunRecorder
 from directclr.training import PretrainingConfig, pretrain
 
 logger = logging.getLogger(__name__)
 
 
 def pretrain_model(
-    dataset: dict, dataset_card: dict, checkpoints: CheckpointStore, settings: Any
+    dataset: dict,
+    dataset_card: dict,
+    checkpoints: CheckpointStore,
+    settings: Any,
+    tracking: RunRecorder | None = None,
 ) -> tuple[dict, pd.DataFrame, pd.DataFrame, plt.Figure]:
     """Train the run's method on the training split.
 
@@ -25,6 +30,9 @@ def pretrain_model(
     (:class:`~directclr.framework.hooks.CheckRunBeforeWork`). They arrive as a
     :class:`~directclr.training.PretrainingConfig`; the hint is ``Any`` so that Kedro's own
     parameter validation leaves the run's partial settings alone.
+
+    ``tracking`` is where the run's MLflow run is logged while it trains (the project's
+    tracking hook hands it over; None when tracking is off).
 
     Returns the model artifact, the training history, the spectrum history and a figure of
     the history. Checkpoints go to the ``checkpoints`` store while training runs.
@@ -43,6 +51,7 @@ def pretrain_model(
         mean=dataset_card["channel_mean"],
         std=dataset_card["channel_std"],
         checkpoints=checkpoints,
+        recorder=tracking,
     )
     last = history.iloc[-1]
     logger.info(

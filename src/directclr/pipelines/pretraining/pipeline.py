@@ -13,6 +13,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "dataset_card",
                     "checkpoints",
                     "params:pretraining",
+                    "tracking",
                 ],
                 outputs=[
                     "model",

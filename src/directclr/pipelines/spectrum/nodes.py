@@ -8,7 +8,16 @@ import pandas as pd
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from directclr.analysis import CONVENTION, embedding_spectrum, spectrum_metrics
+from directclr.analysis import (
+    CONVENTION,
+    LIDAR_CONVENTION,
+    LIDAR_DELTA,
+    LIDAR_EPS,
+    embedding_spectrum,
+    lidar,
+    lidar_cap,
+    spectrum_metrics,
+)
 from directclr.models import ModelConfig, artifact_config
 from directclr.plots import spectrum_figure, spectrum_history_figure
 from directclr.projectors import has_leading_subvector
@@ -54,28 +63,65 @@ def vectors_to_analyse(
 ) -> dict[str, torch.Tensor]:
     """r and z of ``split``; for directclr also r[:, :d0] and r[:, d0:], its two parts."""
     if f"{split}_r" not in embeddings:
-        available = sorted(k.removesuffix("_r") for k in embeddings if k.endswith("_r"))
+        available = sorted(
+            k.removesuffix("_r") for k in embeddings if k.endswith("_r") and k != "lidar_r"
+        )
         raise ValueError(
             f"spectrum.split={split}: the embeddings have no {split} split (they have "
             f"{', '.join(available)}); set spectrum.split to one of them"
         )
-    r = embeddings[f"{split}_r"]
-    vectors = {"r": r, "z": embeddings[f"{split}_z"]}
-    if has_leading_subvector(config.method) and config.d0 < r.shape[1]:
-        vectors["r[:d0]"] = r[:, : config.d0]
-        vectors["r[d0:]"] = r[:, config.d0 :]
+    return _with_parts(embeddings[f"{split}_r"], embeddings[f"{split}_z"], config)
+
+
+def lidar_views_to_analyse(embeddings: dict, config: ModelConfig) -> dict[str, torch.Tensor]:
+    """The augmented views (n, q, d) of the embeddings stage, parted as
+    :func:`vectors_to_analyse` parts the vectors; empty when none were exported."""
+    if "lidar_r" not in embeddings:
+        return {}
+    return _with_parts(embeddings["lidar_r"], embeddings["lidar_z"], config)
+
+
+def _with_parts(r: torch.Tensor, z: torch.Tensor, config: ModelConfig) -> dict[str, torch.Tensor]:
+    """r and z; for directclr also r[..., :d0] and r[..., d0:], its two parts."""
+    vectors = {"r": r, "z": z}
+    if has_leading_subvector(config.method) and config.d0 < r.shape[-1]:
+        vectors["r[:d0]"] = r[..., : config.d0]
+        vectors["r[d0:]"] = r[..., config.d0 :]
     return vectors
+
+
+def _lidar_fields(embeddings: dict) -> dict:
+    """What LiDAR was measured on, for the metrics' convention fields: the convention, the n
+    training images (its classes), the q views of each, delta and eps, and the views'
+    augmentation and seed; all None when the embeddings carry no views."""
+    settings = embeddings.get("lidar_settings") if "lidar_r" in embeddings else None
+    if settings is None:
+        return dict.fromkeys(("lidar_convention", "lidar_split", "lidar_samples",
+                              "lidar_views", "lidar_delta", "lidar_eps", "lidar_seed",
+                              "lidar_augmentation"))  # fmt: skip
+    n, q = embeddings["lidar_r"].shape[:2]
+    return {
+        "lidar_convention": LIDAR_CONVENTION, "lidar_split": settings.get("split", "train"),
+        "lidar_samples": int(n), "lidar_views": int(q), "lidar_delta": LIDAR_DELTA,
+        "lidar_eps": LIDAR_EPS, "lidar_seed": settings.get("seed"),
+        "lidar_augmentation": settings.get("augmentation"),
+    }  # fmt: skip
 
 
 def compute_spectrum(
     embeddings: dict, model: dict, spectrum_history: pd.DataFrame, params: SpectrumConfig
 ) -> tuple[pd.DataFrame, dict, plt.Figure, plt.Figure]:
     """Spectra and collapse metrics of r and z (for directclr also of r[:, :d0] and r[:, d0:])
-    on ``params.split``, a figure of those spectra and one of the spectrum over training."""
+    on ``params.split``, a figure of those spectra and one of the spectrum over training.
+
+    Each set of vectors also gets its LiDAR (:func:`~directclr.analysis.lidar`) and
+    ``lidar_cap``, on the augmented views of training images that the embeddings stage
+    exported (whatever ``params.split``; None for embeddings without views)."""
     config = artifact_config(model)
     split = params.split
     tables, metrics, spectra = [], {}, {}
     max_rank = None
+    views = lidar_views_to_analyse(embeddings, config)
     for name, x in vectors_to_analyse(embeddings, config, split).items():
         spectrum = embedding_spectrum(x, precision="float64")
         tables.append(spectrum.table().assign(vectors=name, split=split))
@@ -83,6 +129,10 @@ def compute_spectrum(
             spectrum, params.cliff_decades, params.cliff_slope, params.power_law_range,
             params.top_k,
         )  # fmt: skip
+        metrics[f"{name}_{split}"].update(
+            lidar=lidar(views[name]) if views else None,
+            lidar_cap=lidar_cap(views[name].shape[0], views[name].shape[-1]) if views else None,
+        )
         spectra[f"{name} ({spectrum.eigenvalues.size}-d)"] = spectrum.eigenvalues
         if name == "r":
             max_rank = spectrum.max_rank
@@ -95,6 +145,7 @@ def compute_spectrum(
         cliff_slope=params.cliff_slope,
         power_law_range=list(params.power_law_range),
         top_k=params.top_k,
+        **_lidar_fields(embeddings),
     )
     columns = ["vectors", "split", "index", "eigenvalue", "log10_eigenvalue", "singular_value",
                "uncentred_eigenvalue"]  # fmt: skip
@@ -114,6 +165,12 @@ def compute_spectrum(
         split, r["effective_rank"], r["dimensions"], z["effective_rank"], z["dimensions"],
         r["collapsed_dimensions"], z["collapsed_dimensions"], r["structural_zeros"], r["rankme"],
     )  # fmt: skip
+    if views:
+        logger.info(
+            "spectrum: LiDAR r %.1f, z %.1f (of at most %d and %d; %d train images x %d views)",
+            r["lidar"], z["lidar"], r["lidar_cap"], z["lidar_cap"], metrics["lidar_samples"],
+            metrics["lidar_views"],
+        )  # fmt: skip
     if f"r[d0:]_{split}" in metrics:
         head, tail = metrics[f"r[:d0]_{split}"], metrics[f"r[d0:]_{split}"]
         logger.info(
