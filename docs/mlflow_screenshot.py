@@ -95,12 +95,15 @@ def shoot(browser: str, url: str, out: Path, width: int, height: int) -> None:
         for toggle in page.get_by_role("switch").all():  # "Show diff only", both tables
             if toggle.get_attribute("aria-checked") == "false":
                 toggle.click()
-        page.get_by_text("Visualizations", exact=True).first.click()  # fold the charts
+        for section in ("Visualizations", "Run details"):  # fold the charts and run ids
+            page.get_by_text(section, exact=True).first.click()
         assistant = page.get_by_role("button", name="Close")
         if assistant.count():
             assistant.first.click()  # the side panel, if the UI opens one
         page.wait_for_timeout(1500)
-        page.screenshot(path=str(out))
+        end = page.get_by_text("Artifacts", exact=True).first.bounding_box()
+        bottom = end["y"] - 8 if end else height  # the tables, not the empty previews
+        page.screenshot(path=str(out), clip={"x": 0, "y": 0, "width": width, "height": bottom})
         chromium.close()
 
 

@@ -336,6 +336,8 @@ class TrackRuns:
             # spectrum metric of every vectors entry (spectrum.r_train.nesum, ...).
             metrics = {**row, **flatten(spectrum, "spectrum")}
             log_metrics(self._uri, self._children[space], metrics)
+            # The model's last stage: its run ends now, so its duration is its own.
+            self._client().set_terminated(self._children.pop(space), "FINISHED")
 
     @hook_impl
     def after_pipeline_run(self) -> None:
