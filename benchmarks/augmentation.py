@@ -10,7 +10,9 @@ All run on one CPU thread (the engine always does on CPU; the PIL pipeline as in
 worker; kornia is set to it), so the comparison is at equal resources. They run interleaved
 (A, B, C, A, B, C, ...) in one process and each reports the median of its repetitions, so a
 machine shared with other work slows them alike. The last line is
-``ratio=<engine images/s / PIL images/s>``; target >= 4.
+``ratio=<engine images/s / PIL images/s>``, the median over the repetitions of each one's
+ratio (the spread of those ratios is printed above it), so one noisy repetition does not
+decide; target >= 4.
 
     python benchmarks/augmentation.py [--quick] [--device cuda]
 """
@@ -70,16 +72,22 @@ def kornia_view(view: ViewAugmentation, size: int) -> torch.nn.Module:
     )
 
 
-def measure(alternatives: dict[str, Callable[[], int]], reps: int) -> dict[str, float]:
-    """Median images/s of each alternative (a run that returns how many images it processed)
-    over ``reps`` interleaved repetitions."""
+def measure(alternatives: dict[str, Callable[[], int]], reps: int) -> dict[str, list[float]]:
+    """Images/s of each alternative (a run that returns how many images it processed) in
+    each of ``reps`` interleaved repetitions."""
     rates: dict[str, list[float]] = {name: [] for name in alternatives}
     for _ in range(reps):
         for name, run in alternatives.items():
             start = time.perf_counter()
             images = run()
             rates[name].append(images / (time.perf_counter() - start))
-    return {name: statistics.median(r) for name, r in rates.items()}
+    return rates
+
+
+def median_ratio(over: list[float], under: list[float]) -> tuple[float, float, float]:
+    """The median, min and max over repetitions of each repetition's ``over / under``."""
+    ratios = [a / b for a, b in zip(over, under, strict=True)]
+    return statistics.median(ratios), min(ratios), max(ratios)
 
 
 def main() -> None:
@@ -138,7 +146,8 @@ def main() -> None:
         print("kornia is not installed: not measured")
 
     measure(alternatives, 1)  # warm-up: allocator, thread pools, kernel caches
-    rates = measure(alternatives, reps)
+    runs = measure(alternatives, reps)
+    rates = {name: statistics.median(r) for name, r in runs.items()}
 
     print(
         f"SimCLR two-view recipe on {SIZE}x{SIZE} RGB uint8 images; images/s counts an image "
@@ -148,11 +157,13 @@ def main() -> None:
     )
     for name, rate in rates.items():
         print(f"  {name:44s} {rate:10,.0f} images/s")
-    pil_rate = rates["torchvision PIL, per image"]
-    for name, rate in rates.items():
+    pil = runs["torchvision PIL, per image"]
+    for name in rates:
         if not name.startswith("torchvision"):
-            print(f"  {name} / PIL: {rate / pil_rate:.1f}x")
-    print(f"ratio={rates['engine (directclr.augment)'] / pil_rate:.2f}")
+            ratio, low, high = median_ratio(runs[name], pil)
+            print(f"  {name} / PIL: {ratio:.1f}x (median of {reps} repetitions' ratios; "
+                  f"spread {low:.1f}-{high:.1f}x)")  # fmt: skip
+    print(f"ratio={median_ratio(runs['engine (directclr.augment)'], pil)[0]:.2f}")
 
 
 if __name__ == "__main__":

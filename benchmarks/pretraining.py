@@ -16,7 +16,9 @@ loss (directclr.losses.paper_info_nce, the default) and optimizer (AdamW), in on
 
 (a) also trains its online linear probe, so it does a little more work than the others.
 They run interleaved after a warm-up round, a few steps at a time; each reports the median of
-its steps' images/s, so a machine shared with other work slows them alike. Prints
+its steps' images/s, so a machine shared with other work slows them alike. Each ratio is the
+median over the rounds of that round's ratio (of the rounds' median images/s), printed with
+its spread, so one noisy round does not decide. Prints
 ``ceiling/(b')`` (the most any augmentation engine could gain on this machine),
 ``data_path_ratio=<a/b'>``, ``efficiency=<a/c>`` (target >= 0.9: augmentation nearly free),
 then last ``ratio=<a/b>`` (target >= 1.2: the project's loop against the usual one).
@@ -94,16 +96,25 @@ def plain_loop(
     return step
 
 
-def measure(alternatives: dict[str, Callable[[], list[float]]], rounds: int) -> dict[str, float]:
-    """Median per-step images/s of each alternative over ``rounds`` interleaved repetitions.
+def measure(
+    alternatives: dict[str, Callable[[], list[float]]], rounds: int
+) -> dict[str, list[list[float]]]:
+    """Per-step images/s of each alternative in each of ``rounds`` interleaved rounds.
 
     Each alternative runs a few steps and returns each step's images/s.
     """
-    rates: dict[str, list[float]] = {name: [] for name in alternatives}
+    rates: dict[str, list[list[float]]] = {name: [] for name in alternatives}
     for _ in range(rounds):
         for name, run in alternatives.items():
-            rates[name].extend(run())
-    return {name: statistics.median(r) for name, r in rates.items()}
+            rates[name].append(run())
+    return rates
+
+
+def median_ratio(over: list[list[float]], under: list[list[float]]) -> str:
+    """The median over rounds of each round's ratio of median images/s, with its spread."""
+    ratios = [statistics.median(a) / statistics.median(b) for a, b in zip(over, under, strict=True)]
+    spread = f" (rounds {min(ratios):.3f}-{max(ratios):.3f})" if len(ratios) > 1 else ""
+    return f"{statistics.median(ratios):.3f}{spread}"
 
 
 def timed_steps(step: Callable[..., None], batches, device: torch.device) -> list[float]:
@@ -126,7 +137,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="one step each: smoke test only")
     parser.add_argument("--device", default="cpu", help="training device (cpu, cuda)")
     args = parser.parse_args()
-    steps, rounds = (1, 1) if args.quick else (2, 3)
+    steps, rounds = (1, 1) if args.quick else (2, 5)
     device = torch.device(args.device)
 
     rng = np.random.default_rng(0)
@@ -173,7 +184,10 @@ def main() -> None:
     }
     if not args.quick:
         measure(alternatives, 1)  # warm-up: worker processes, kernel caches, allocator
-    rates = measure(alternatives, rounds)
+    runs = measure(alternatives, rounds)
+    rates = {
+        name: statistics.median(s for r in rounds_ for s in r) for name, rounds_ in runs.items()
+    }
 
     print(
         f"SmallCNN (width {config.width}, {config.method}) on {SIZE}x{SIZE} RGB, batch {BATCH}, "
@@ -183,15 +197,19 @@ def main() -> None:
     )
     for name, rate in rates.items():
         print(f"  {name:52s} {rate:9,.1f} images/s")
-    a, b, c, b_same_format = rates.values()
+    a, b, c, b_same_format = runs.values()
     print(
         "(b) is a plain loop as usually written (torch's default memory format on CPU); (a) "
         "and (c) use channels_last, as does (b'). a/b' is the data path alone."
     )
-    print(f"ceiling/(b')={c / b_same_format:.3f}: the most any augmentation engine could reach")
-    print(f"data_path_ratio={a / b_same_format:.3f}")
-    print(f"efficiency={a / c:.3f}")
-    print(f"ratio={a / b:.3f}")
+    print(f"ceiling/(b')={median_ratio(c, b_same_format)}: the most any augmentation engine "
+          f"could reach")  # fmt: skip
+    for name, (over, under) in {"data_path_ratio": (a, b_same_format), "efficiency": (a, c),
+                                "ratio": (a, b)}.items():  # fmt: skip
+        value, _, spread = median_ratio(over, under).partition(" ")
+        if spread:
+            print(f"  {name} per round: {spread.strip('()')}")
+        print(f"{name}={value}")
 
 
 if __name__ == "__main__":

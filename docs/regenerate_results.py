@@ -1,7 +1,7 @@
 """Regenerate the README's results: run the pipelines with their default parameters, then copy
 the latest figures to docs/figures/ and the latest tables to docs/results/.
 
-    python docs/regenerate_results.py                     # everything (about 40 min on 2 cores)
+    python docs/regenerate_results.py                     # everything (about 50 min on 2 cores)
     python docs/regenerate_results.py compare toy_strong_augmentation   # some of it
     python docs/regenerate_results.py --copy-only         # copy what the last runs wrote
 
@@ -32,6 +32,10 @@ RUNS = {
                                   ("projector_ablation", "per_seed_table.md")]),
     "d0_sweep": (None, [("d0_sweep", "collapse_vs_d0.png"), ("d0_sweep", "comparison_table.md"),
                         ("d0_sweep", "comparison_spectra.png")]),
+    "sweep": (None, [("sweep", "comparison_table.md"), ("sweep", "per_seed_table.md")]),
+    # selection ranks the sweep's runs: run it after sweep.
+    "selection": (None, [("selection", "metric_table.md"), ("selection", "scatter/rankme_r.png"),
+                         ("selection", "scatter/lidar_z.png")]),
     "toy_strong_augmentation": (None, [
         ("toy_strong_augmentation", "spectrum_history.png"),
         ("toy_strong_augmentation", "final_spectrum.png"),
@@ -57,8 +61,10 @@ def run(pipeline: str, env: str | None) -> float:
 
 
 def latest(folder: str, file: str) -> Path:
-    versions = sorted((REPORTING / folder / file).iterdir())
-    return versions[-1] / file
+    """The latest version of ``file`` (``scatter/x.png``: x.png in the latest ``scatter``)."""
+    top, _, inner = file.partition("/")
+    versions = sorted((REPORTING / folder / top).iterdir())
+    return versions[-1] / top / inner if inner else versions[-1] / file
 
 
 def copy(pipeline: str, env: str | None) -> None:
@@ -67,7 +73,7 @@ def copy(pipeline: str, env: str | None) -> None:
     tables.mkdir(parents=True, exist_ok=True)
     suffix = f"_{env}" if env else ""
     for folder, file in RUNS[pipeline][1]:
-        stem, ext = file.rsplit(".", 1)
+        stem, ext = file.replace("/", "_").rsplit(".", 1)
         target = (figures if ext == "png" else tables) / f"{folder}_{stem}{suffix}.{ext}"
         shutil.copyfile(latest(folder, file), target)
         print(f"  {target.relative_to(ROOT)}")

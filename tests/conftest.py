@@ -9,6 +9,9 @@ quiet()
 # Runs are tracked only in the tests that ask for it (the `tracked` fixture), in one store.
 os.environ[TRACKING_SWITCH] = "off"
 os.environ.pop("MLFLOW_TRACKING_URI", None)
+# precision: auto is fp32 in every test (and every process a test starts), so the suite stays
+# deterministic whether or not the CPU running it has native bf16.
+os.environ["DIRECTCLR_AUTO_PRECISION"] = "fp32"
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

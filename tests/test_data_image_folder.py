@@ -50,6 +50,12 @@ def write_folder(root: Path, per_class: int = 6) -> Path:
     return root
 
 
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    """data_prep.cache_dir is relative to the working folder: keep the caches in tmp_path."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture
 def folder(tmp_path):
     return write_folder(tmp_path / "images")
@@ -219,7 +225,8 @@ def test_folders_without_readable_images_are_errors(tmp_path):
 
 
 def test_a_changed_file_names_itself_when_decoded_later(folder):
-    manifest, _ = prepare(config(folder))
+    # Without the cache: with it, training reads the pixels data_prep decoded.
+    manifest, _ = prepare(config(folder, cache=False))
     (folder / manifest["test_paths"][0]).write_bytes(b"overwritten")
     with pytest.raises(OSError, match="readable when data_prep ran.*rerun data_prep"):
         materialize(manifest, "test")
@@ -240,6 +247,10 @@ def test_data_prep_pipeline_writes_a_versioned_manifest_and_card(project, monkey
     assert manifest["root"] == "data/01_raw/pets" and manifest["image_size"] == 16
     assert card["counts"] == {"train": 14, "test": 4} and card["skipped_count"] == 2
     assert isinstance(manifest["train_labels"], torch.Tensor)
+    # The decoded images live outside the versioned datasets, named by their key.
+    cache = Path(manifest["cache"]["path"])
+    assert cache.parent == Path("data/02_intermediate/image_cache")
+    assert (project / cache / "images.npy").is_file() and cache.name == manifest["cache"]["key"]
 
     with (
         pytest.raises(Exception, match="max_samples"),

@@ -76,6 +76,19 @@ def test_random_subset_draws_a_new_subset_each_training_step():
     assert projector.eval()(r)[0].tolist() == list(range(8))
 
 
+def test_random_subset_on_cpu_is_the_seeds_randperm_and_survives_moves():
+    # On CPU the subsets are those of a CPU generator seeded with the seed, step after step,
+    # and moving the module within its device type (as training does) keeps the stream.
+    projector = build_projector("random_subset", 32, 8, 0, 0, seed=3).train()
+    generator = torch.Generator().manual_seed(3)
+    r = torch.arange(32.0).expand(2, 32)
+    for step in range(4):
+        expected = torch.randperm(32, generator=generator)[:8].float()
+        assert torch.equal(projector(r)[0], expected), step
+        projector = projector.to("cpu", memory_format=torch.channels_last)
+    assert projector.generator.device.type == "cpu"
+
+
 def test_unknown_method_is_rejected():
     with pytest.raises(ValueError, match="method"):
         ModelConfig(method="byol")

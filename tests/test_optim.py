@@ -52,3 +52,61 @@ def test_learning_rate_scales_with_batch_size():
     assert scaled_lr(0.3, 1024, "sqrt") == pytest.approx(0.6)
     assert scaled_lr(0.3, 4096, "none") == 0.3
     assert math.isclose(scaled_lr(1.0, 256, "linear"), 1.0)
+
+
+class _LoopLARS(torch.optim.Optimizer):
+    """The per-parameter loop LARS was written as, kept as the reference of the foreach one."""
+
+    def __init__(self, params, lr, momentum=0.9, weight_decay=0.0, eta=0.001):
+        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, adapt=True)
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad
+                if group["adapt"]:
+                    g = g.add(p, alpha=group["weight_decay"])
+                    p_norm, g_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(g)
+                    trust = torch.where(
+                        (p_norm > 0) & (g_norm > 0),
+                        group["eta"] * p_norm / g_norm,
+                        torch.ones_like(p_norm),
+                    )
+                    g = g.mul(trust)
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.clone(g).detach()
+                else:
+                    state["momentum_buffer"].mul_(group["momentum"]).add_(g)
+                p.add_(state["momentum_buffer"], alpha=-group["lr"])
+
+
+def test_foreach_lars_equals_the_per_parameter_loop():
+    def model() -> nn.Module:
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Linear(6, 5), nn.BatchNorm1d(5), nn.ReLU(), nn.Linear(5, 3),
+                            nn.Linear(3, 2, bias=False))  # fmt: skip
+        with torch.no_grad():
+            net[4].weight.zero_()  # a zero norm: the trust ratio falls back to 1
+        return net
+
+    nets = model(), model()
+    frozen = nets[0][3].bias, nets[1][3].bias  # a parameter without a gradient is skipped
+    optimizers = [
+        cls(parameter_groups(net, 1e-3), lr=0.5, momentum=0.9, weight_decay=1e-3, eta=0.02)
+        for cls, net in zip((LARS, _LoopLARS), nets, strict=True)
+    ]
+    x = torch.randn(16, 6, generator=torch.Generator().manual_seed(1))
+    for step in range(4):
+        for net, optimizer, skip in zip(nets, optimizers, frozen, strict=True):
+            optimizer.zero_grad(set_to_none=True)
+            net(x).square().sum().backward()
+            skip.grad = None
+            optimizer.step()
+        for (name, a), b in zip(nets[0].state_dict().items(), nets[1].state_dict().values(),
+                                strict=True):  # fmt: skip
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=f"{name} step {step}")

@@ -11,6 +11,7 @@ import torch
 
 from directclr.batches import TensorBatches
 from directclr.checkpoints import CheckpointStore
+from directclr.devices import use_bf16
 from directclr.training import PretrainingConfig, pretrain, run_key
 
 SETTINGS = dict(width=4, d0=8, epochs=5, batch_size=64, warmup_epochs=1, checkpoint_every=1,
@@ -41,6 +42,11 @@ CHILD = textwrap.dedent(
 )
 
 
+def _cpu_key(config: PretrainingConfig, fingerprint: str) -> str:
+    """The key a one-process CPU run of ``config`` checkpoints under."""
+    return run_key(config, fingerprint, 1, "cpu", use_bf16(config.precision, torch.device("cpu")))
+
+
 def _child(tmp_path, slow: str) -> subprocess.Popen:
     script = tmp_path / "child.py"
     script.write_text(CHILD)
@@ -55,7 +61,7 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_run(tmp_path, digits):
     images, labels = dataset["train_images"][:256], dataset["train_labels"][:256]
     config = PretrainingConfig(**SETTINGS)
     fingerprint = TensorBatches(images, labels, 64, 0).fingerprint()
-    checkpoint = CheckpointStore(tmp_path / "ckpt").path(run_key(config, fingerprint))
+    checkpoint = CheckpointStore(tmp_path / "ckpt").path(_cpu_key(config, fingerprint))
 
     child = _child(tmp_path, "slow")
     deadline = time.monotonic() + 120
@@ -91,7 +97,7 @@ def test_resume_false_starts_afresh_and_a_damaged_checkpoint_is_refused(tmp_path
     store = CheckpointStore(tmp_path)
     config = PretrainingConfig(**{**SETTINGS, "epochs": 1})
     pretrain(images, labels, config, card["channel_mean"], card["channel_std"], store)
-    path = store.path(run_key(config, TensorBatches(images, labels, 64, 0).fingerprint()))
+    path = store.path(_cpu_key(config, TensorBatches(images, labels, 64, 0).fingerprint()))
     assert path.exists()
     path.write_bytes(b"damaged")
     fresh = config.model_copy(update={"resume": False})
@@ -104,3 +110,22 @@ def test_resume_false_starts_afresh_and_a_damaged_checkpoint_is_refused(tmp_path
         assert "resume=false" in str(err)
     else:
         raise AssertionError("a damaged checkpoint was loaded")
+
+
+def test_run_key_names_the_device_type_and_the_resolved_precision():
+    config = PretrainingConfig(**SETTINGS)
+    keys = {run_key(config, "data", 1, device, bf16)
+            for device in ("cpu", "cuda", "mps") for bf16 in (False, True)}  # fmt: skip
+    assert len(keys) == 6  # a CUDA run never resumes a CPU checkpoint, nor bf16 an fp32 one
+
+
+def test_a_checkpoint_is_kept_under_the_precision_the_run_computed_in(tmp_path, digits):
+    dataset, card = digits
+    images, labels = dataset["train_images"][:128], dataset["train_labels"][:128]
+    store = CheckpointStore(tmp_path)
+    config = PretrainingConfig(**{**SETTINGS, "epochs": 1, "precision": "bf16", "device": "cpu"})
+    pretrain(images, labels, config, card["channel_mean"], card["channel_std"], store)
+    fingerprint = TensorBatches(images, labels, 64, 0).fingerprint()
+    assert store.path(run_key(config, fingerprint, 1, "cpu", True)).exists()
+    assert not store.path(run_key(config, fingerprint, 1, "cpu", False)).exists()
+    assert not store.path(run_key(config, fingerprint, 1, "cuda", True)).exists()

@@ -153,3 +153,38 @@ def test_unlabelled_images_train_the_backbone_but_not_the_probe(digits):
     _, history, _ = pretrain(source, None, config, card["channel_mean"], card["channel_std"])
     assert history["step"].tolist() == [4]
     assert 0 <= history["online_probe_accuracy"].iloc[0] <= 1
+
+
+def test_the_data_fingerprint_hashes_the_images_without_copying_them():
+    import tracemalloc
+
+    from directclr.batches import TensorBatches
+
+    images = torch.zeros(2000, 3, 32, 32, dtype=torch.uint8)  # 6 MB
+    source = TensorBatches(images, torch.zeros(2000, dtype=torch.long), 64, 0)
+    tracemalloc.start()
+    source.fingerprint()
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 1_000_000, peak
+
+
+def test_devices_n_hands_the_processes_a_file_not_the_images(digits, monkeypatch):
+    import directclr.training as training
+
+    seen = []
+
+    def spawn(fn, processes, args):
+        seen.append(args)
+        raise KeyboardInterrupt  # stop here: only what the children would receive matters
+
+    monkeypatch.setattr(training, "spawn", spawn)
+    dataset, card = digits
+    config = PretrainingConfig(**tiny(devices=2, device="cpu"))
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(dataset["train_images"][:256], dataset["train_labels"][:256], config,
+                 card["channel_mean"], card["channel_std"])  # fmt: skip
+    (args,) = seen
+    assert isinstance(args[0], str)  # the job file's path
+    assert not any(isinstance(arg, torch.Tensor) for arg in args)
+    assert not any(isinstance(v, torch.Tensor) for v in args[1].model_dump().values())

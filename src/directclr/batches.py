@@ -1,18 +1,22 @@
-"""Where training batches come from: a uint8 tensor on the device, or an image folder
-decoded in DataLoader workers. Both yield (uint8 images, int64 labels) on the device;
-unlabelled images (STL-10's unlabeled split) carry the label -1."""
+"""Where training batches come from: a uint8 tensor on the device, or an image folder (rows
+of its decoded-image cache, or files decoded in DataLoader workers). All yield (uint8 images,
+int64 labels) on the device; unlabelled images (STL-10's unlabeled split) carry the label
+-1."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 import torch
 from torch.utils.data import DataLoader, Subset
 
 from directclr.data import ImageFolderSplit
+from directclr.data.cache import manifest_cache
 
 
 class BatchSource(Protocol):
@@ -105,9 +109,10 @@ class TensorBatches(_Batches):
         return self.images[order[:size].to(self.device)]
 
     def fingerprint(self) -> str:
+        # The tensors' own memory (a view of a contiguous CPU tensor), never a copy of it.
         h = hashlib.sha256(str(tuple(self._cpu_images.shape)).encode())
-        h.update(self._cpu_images.contiguous().numpy().tobytes())
-        h.update(self._cpu_labels.contiguous().numpy().tobytes())
+        h.update(memoryview(self._cpu_images.contiguous().numpy()))
+        h.update(memoryview(self._cpu_labels.contiguous().numpy()))
         return h.hexdigest()
 
     def state(self) -> dict[str, Any]:
@@ -117,12 +122,32 @@ class TensorBatches(_Batches):
         self.rng.set_state(state["order_rng"])
 
 
-class FolderBatches(_Batches):
-    """Batches of an image-folder manifest, decoded and resized in DataLoader workers.
+def _read_ahead(read: Callable, items: Iterable, depth: int = 2) -> Iterator:
+    """``read(item)`` for each item, in order, computed ``depth`` items ahead in one thread,
+    so the next batch is read from disk (``pread`` releases the GIL) while this one trains."""
+    items = iter(items)
+    with ThreadPoolExecutor(1) as pool:
+        pending = deque(
+            pool.submit(read, item) for _, item in zip(range(depth), items, strict=False)
+        )
+        while pending:
+            done = pending.popleft().result()
+            for item in items:
+                pending.append(pool.submit(read, item))
+                break
+            yield done
 
-    Never holds the folder in memory. Epoch ``e`` is shuffled with seed ``seed + e``, so
-    the order needs no saved state to be reproduced on resume. In a job every process
-    decodes only its own share of each global batch.
+
+class FolderBatches(_Batches):
+    """Batches of an image-folder manifest: rows of its decoded-image cache when data_prep
+    made one, else files decoded and resized in DataLoader workers.
+
+    Never holds the folder, or the cache, in memory. Epoch ``e`` is shuffled with seed
+    ``seed + e``, so the order needs no saved state to be reproduced on resume. In a job
+    every process reads only its own share of each global batch. The cache holds exactly the
+    pixels decoding gives and a batch keeps its images' order, so both paths give the same
+    batches. The cache path reads a batch ahead in a thread rather than in worker processes:
+    with decoding gone, reading rows is a copy, and processes would only add the transfer.
     """
 
     def __init__(
@@ -141,6 +166,7 @@ class FolderBatches(_Batches):
         self.seed = seed
         self.device = torch.device("cpu")
         self.num_workers = num_workers
+        self.cache = manifest_cache(manifest)
 
     def spec(self) -> dict[str, Any]:
         """Everything needed to rebuild this source in another process (weights-only)."""
@@ -162,6 +188,19 @@ class FolderBatches(_Batches):
         steps = self.steps_per_epoch()
         mine = order[: steps * self.batch_size].view(steps, world, share)[:, rank].reshape(-1)
         pin = self.device.type == "cuda"
+        if self.cache is not None:
+            rows, labels = (
+                self.manifest[f"{self.split}_rows"],
+                self.manifest[f"{self.split}_labels"],
+            )
+
+            def read(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                return self.cache.read(rows[batch], pin=pin), labels[batch]
+
+            for images, batch_labels in _read_ahead(read, mine.split(share)):
+                yield (images.to(self.device, non_blocking=pin),
+                       batch_labels.to(self.device, non_blocking=pin))  # fmt: skip
+            return
         loader = DataLoader(
             Subset(ImageFolderSplit(self.manifest, self.split), mine.tolist()),
             batch_size=share,
@@ -174,6 +213,9 @@ class FolderBatches(_Batches):
     def probe_batch(self, size: int, seed: int) -> torch.Tensor:
         dataset = ImageFolderSplit(self.manifest, self.split)
         order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
+        if self.cache is not None:
+            rows = self.manifest[f"{self.split}_rows"][order[:size]]
+            return self.cache.read(rows).to(self.device)
         return torch.stack([dataset[int(i)][0] for i in order[:size]]).to(self.device)
 
     def fingerprint(self) -> str:
@@ -196,7 +238,7 @@ def training_batches(
     dataset: dict[str, Any], batch_size: int, seed: int, num_workers: int = 2
 ) -> BatchSource:
     """The pretraining data of a data_prep artifact: its train split, plus STL-10's
-    unlabeled split when present; an image folder streams from disk."""
+    unlabeled split when present; an image folder streams from disk (its cache, or files)."""
     if dataset.get("kind") == "manifest":
         return FolderBatches(dataset, "train", batch_size, seed, num_workers)
     images, labels = dataset["train_images"], dataset["train_labels"]

@@ -11,6 +11,7 @@ training code.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -18,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from directclr.backbones import Backbone, Norm, Stem, build_backbone, representation_dim
-from directclr.devices import resolve_device
+from directclr.devices import resolve_device, use_bf16
 from directclr.projectors import DEFAULT_D0, METHODS, Method, build_projector, uses_d0
 
 
@@ -181,15 +182,49 @@ def encode(
     device: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Representations r and embeddings z with the frozen model, of uint8 ``images`` (a
-    tensor, cut into batches of ``batch_size``, or any iterable of uint8 batches)."""
+    tensor, cut into batches of ``batch_size``, or any iterable of uint8 batches).
+
+    On CUDA the model runs channels_last, under bf16 autocast where ``precision: auto``
+    would use it there (:func:`~directclr.devices.use_bf16`), with batches copied in from
+    pinned memory and r, z copied out into pinned memory without waiting on each batch; r
+    and z are float32 either way. Elsewhere: float32, as the model is.
+    """
     target = resolve_device(device)
-    model = model.to(target).eval()
+    cuda = target.type == "cuda"
+    model = model.to(target, memory_format=torch.channels_last) if cuda else model.to(target)
+    model.eval()
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if cuda and use_bf16("auto", target)
+        else nullcontext()
+    )
     if isinstance(images, torch.Tensor):
         images = images.split(batch_size)
     rs, zs = [], []
     for batch in images:
-        r, z = model(batch.to(target).float() / 255)
-        rs.append(r.float().cpu())
-        zs.append(z.float().cpu())
-    model.cpu()
+        if cuda and batch.device.type == "cpu":
+            batch = batch.pin_memory().to(target, non_blocking=True)
+        x = batch.to(target).float() / 255
+        if cuda:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast:
+            r, z = model(x)
+        if cuda:
+            rs.append(_to_pinned_host(r.float()))
+            zs.append(_to_pinned_host(z.float()))
+        else:
+            rs.append(r.float().cpu())
+            zs.append(z.float().cpu())
+    if cuda:
+        torch.cuda.synchronize(target)  # the non-blocking copies out have landed
+        model.to("cpu", memory_format=torch.contiguous_format)
+    else:
+        model.cpu()
     return torch.cat(rs), torch.cat(zs)
+
+
+def _to_pinned_host(x: torch.Tensor) -> torch.Tensor:
+    """A non-blocking copy of a CUDA tensor into pinned host memory (valid once the stream
+    has reached it)."""
+    host = torch.empty(x.shape, dtype=x.dtype, pin_memory=True)
+    return host.copy_(x, non_blocking=True)

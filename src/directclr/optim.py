@@ -40,26 +40,37 @@ class LARS(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        # Each group's parameters at once (torch._foreach_*): a few kernels per group, not a
+        # few per parameter.
         for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                g = p.grad
-                if group["adapt"]:
-                    g = g.add(p, alpha=group["weight_decay"])
-                    p_norm, g_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(g)
-                    trust = torch.where(
-                        (p_norm > 0) & (g_norm > 0),
-                        group["eta"] * p_norm / g_norm,
-                        torch.ones_like(p_norm),
-                    )
-                    g = g.mul(trust)
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            if group["adapt"]:
+                grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
+                p_norm = torch.stack(torch._foreach_norm(params))
+                g_norm = torch.stack(torch._foreach_norm(grads))
+                trust = torch.where(
+                    (p_norm > 0) & (g_norm > 0),
+                    group["eta"] * p_norm / g_norm,
+                    torch.ones_like(p_norm),
+                )
+                torch._foreach_mul_(grads, list(trust.unbind()))
+            buffers, updates = [], []
+            for p, g in zip(params, grads, strict=True):
                 state = self.state[p]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.clone(g).detach()
+                if "momentum_buffer" in state:
+                    buffers.append(state["momentum_buffer"])
+                    updates.append(g)
                 else:
-                    state["momentum_buffer"].mul_(group["momentum"]).add_(g)
-                p.add_(state["momentum_buffer"], alpha=-group["lr"])
+                    state["momentum_buffer"] = torch.clone(g).detach()
+            if buffers:
+                torch._foreach_mul_(buffers, group["momentum"])
+                torch._foreach_add_(buffers, updates)
+            torch._foreach_add_(
+                params, [self.state[p]["momentum_buffer"] for p in params], alpha=-group["lr"]
+            )
         return loss
 
 

@@ -99,18 +99,31 @@ class RandomSubvector(nn.Module):
 
     Outside training (export, analysis) it returns the leading d0 coordinates, so the
     exported z is deterministic.
+
+    The subset is drawn on the module's device, from a generator that lives there: no index
+    is copied from the host at each step. Moving the module to another device type starts
+    a generator there from ``seed`` (the draws of one device type are not another's); on
+    CPU the draws are those of a CPU generator seeded with ``seed``.
     """
 
     def __init__(self, d0: int, seed: int) -> None:
         super().__init__()
         self.d0 = d0
+        self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)
+
+    def _apply(self, fn, recurse=True):  # noqa: ANN001 - nn.Module's signature
+        module = super()._apply(fn, recurse)
+        device = fn(torch.empty(0, device=self.generator.device)).device
+        if device != self.generator.device:
+            self.generator = torch.Generator(device=device).manual_seed(self.seed)
+        return module
 
     def forward(self, r: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return r[:, : self.d0]
-        index = torch.randperm(r.shape[1], generator=self.generator)[: self.d0]
-        return r[:, index.to(r.device)]
+        index = torch.randperm(r.shape[1], generator=self.generator, device=r.device)
+        return r[:, index[: self.d0]]
 
 
 def build_projector(

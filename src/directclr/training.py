@@ -38,8 +38,10 @@ from directclr.checkpoints import CheckpointStore
 from directclr.devices import DeviceSetting, WorkersSetting, resolve_device, use_bf16
 from directclr.distributed import (
     all_gather_objects,
+    all_max,
     all_sum,
     barrier,
+    convert_batchnorm,
     gather_with_grad,
     init_from_environment,
     launched_world_size,
@@ -82,7 +84,9 @@ class PretrainingConfig(ModelConfig):
     seed: int = 0
     device: DeviceSetting = "auto"
     precision: Literal["auto", "fp32", "bf16"] = Field(
-        "auto", description="auto: bf16 autocast on CUDA GPUs that support it, else fp32"
+        "auto",
+        description="auto: bf16 autocast on CUDA GPUs and CPUs (avx512_bf16, AMX) that support "
+        "it, else fp32; the loss, online probe and spectrum are float32 either way",
     )
     augmentation: TwoViewAugmentation = TwoViewAugmentation()
     probe_lr: float = Field(1e-2, gt=0, description="learning rate of the online linear probe")
@@ -189,14 +193,24 @@ def run_settings(recipe: dict, overrides: dict | None, run: str = "") -> Pretrai
         raise SettingsError(f"invalid pretraining settings{where}: {'; '.join(problems)}") from None
 
 
-def run_key(config: PretrainingConfig, data_fingerprint: str, world: int = 1) -> str:
-    """A name for a run: a hash of its settings (less execution-only ones), its data and
-    the number of processes (each process draws its own augmentations)."""
+def run_key(
+    config: PretrainingConfig,
+    data_fingerprint: str,
+    world: int = 1,
+    device_type: str = "cpu",
+    bf16: bool = False,
+) -> str:
+    """A name for a run: a hash of its settings (less execution-only ones), its data, the
+    number of processes (each process draws its own augmentations), the type of device it
+    computes on (the augmentation generator and the numerics are the device's: a CUDA run
+    cannot continue a CPU checkpoint) and whether it computes in bf16 autocast (what
+    ``precision`` resolved to on that device, :func:`~directclr.devices.use_bf16`)."""
     h = hashlib.sha256()
     settings = config.model_dump(mode="json", exclude=EXECUTION_SETTINGS)
     h.update(json.dumps(settings, sort_keys=True).encode())
     h.update(data_fingerprint.encode())
     h.update(f"world={world}".encode())
+    h.update(f"device={device_type},bf16={bool(bf16)}".encode())
     return f"{config.method}-{h.hexdigest()[:16]}"
 
 
@@ -492,6 +506,11 @@ def pretrain(
     rank, world = rank_and_world()
     if distributed and device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    if device.type == "cuda":
+        # Fastest convolution algorithms for the (fixed) batch shape, and TF32 matmuls; CPU
+        # numerics are left as they are.
+        torch.backends.cudnn.benchmark = True
+        torch.set_float32_matmul_precision("high")
     if config.batch_size % world:
         raise ValueError(f"batch_size={config.batch_size} must split evenly over {world} processes")
     share = config.batch_size // world
@@ -504,20 +523,22 @@ def pretrain(
     # channels_last: faster convolutions on CUDA, and 1.4-1.8x on CPU (oneDNN) for SmallCNN.
     channels_last = device.type in ("cuda", "cpu")
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    autocast = (
-        torch.autocast(device.type, dtype=torch.bfloat16)
-        if use_bf16(config.precision, device)
-        else nullcontext()
-    )
+    bf16 = use_bf16(config.precision, device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
 
     model = build_model(config, source.channels, mean, std, config.seed)
     if distributed and device.type == "cuda":
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        # Batch statistics of the global batch, from one all_reduce per layer and no host
+        # sync (nn.SyncBatchNorm syncs the host in every layer).
+        model = convert_batchnorm(model)
     model = model.to(device, memory_format=memory_format)
     probe = nn.Linear(model.backbone.output_dim, source.num_classes).to(device)
     device_ids = [device.index] if device.type == "cuda" else None
-    train_model = DDP(model, device_ids=device_ids) if distributed else model
-    train_probe = DDP(probe, device_ids=device_ids) if distributed else probe
+    # No buffer broadcast: every process computes the same BatchNorm statistics (of the
+    # global batch on CUDA; GroupNorm or per-process ones otherwise, as before).
+    ddp = dict(device_ids=device_ids, broadcast_buffers=False, gradient_as_bucket_view=True)
+    train_model = DDP(model, **ddp) if distributed else model
+    train_probe = DDP(probe, **ddp) if distributed else probe
     base_lr = scaled_lr(config.lr, config.batch_size, config.lr_scaling)
     run = TrainingState(
         model=model,
@@ -536,7 +557,7 @@ def pretrain(
     )
     probe_images = source.probe_batch(min(source.num_images, 1024), config.seed + 1)
     lidar_images = probe_images[: config.lidar_samples] if config.lidar_samples >= 2 else None
-    key = run_key(config, source.fingerprint(), world)
+    key = run_key(config, source.fingerprint(), world, device.type, bf16)
     steps_per_epoch = source.steps_per_epoch()
     total_steps = steps_per_epoch * config.epochs
     warmup_steps = steps_per_epoch * config.warmup_epochs
@@ -574,9 +595,10 @@ def pretrain(
                 ]).contiguous(memory_format=memory_format)  # fmt: skip
                 with autocast:
                     r, z = train_model(views)
-                z1, z2 = z.chunk(2)
-                # Negatives from the whole global batch; this process's anchors only.
-                z1, z2 = gather_with_grad(z1), gather_with_grad(z2)
+                # The loss in float32, whatever the autocast. Negatives from the whole
+                # global batch (both views in one gather); this process's anchors only.
+                z1, z2 = gather_with_grad(z.float()).view(world, 2, share, -1).unbind(1)
+                z1, z2 = z1.reshape(world * share, -1), z2.reshape(world * share, -1)
                 anchors = (rank * share, (rank + 1) * share)
                 if config.loss == "paper":
                     loss = paper_info_nce(z1, z2, config.temperature, anchors)
@@ -603,9 +625,12 @@ def pretrain(
                     (first_bad < 0) & ~torch.isfinite(loss.detach()), step - 1, first_bad
                 )
                 if step % config.progress_every == 0 or b == steps_per_epoch - 1:
-                    flagged = [s for s in all_gather_objects(int(first_bad)) if s >= 0]
+                    # The earliest bad step of any process: one all_reduce(MAX) of
+                    # total_steps - first_bad (0 where none), read once on the host.
+                    latest = torch.where(first_bad >= 0, total_steps - first_bad, 0)
+                    flagged = int(all_max(latest))
                     if flagged:
-                        bad = min(flagged)
+                        bad = total_steps - flagged
                         raise FloatingPointError(
                             f"the loss became non-finite at step {bad} (epoch {epoch + 1}, lr "
                             f"{lrs[bad]:.3g}); the last checkpoint is kept. Lower lr, raise "

@@ -6,16 +6,18 @@ Two kinds of dataset artifact come out of :func:`prepare`:
   SVHN): uint8 images (N, C, H, W) and int64 labels per split, held in memory, because small
   images train fastest as one tensor on the training device.
 * **manifest** (``image_folder``, the user's own images in class sub-folders): paths relative
-  to ``root`` and labels per split. Images are decoded lazily in DataLoader workers
-  (:func:`iterate_batches`), so a folder never has to fit in memory; :func:`materialize`
-  decodes one split to a tensor when it is small enough.
+  to ``root`` and labels per split. Images are read batch by batch (:func:`iterate_batches`)
+  from the decoded-image cache data_prep keeps (:mod:`.cache`), or decoded lazily in
+  DataLoader workers without it, so a folder never has to fit in memory; :func:`materialize`
+  reads one split into a tensor when it is small enough.
 
 Both are plain dicts of tensors, lists, strings and numbers, so they load with
 ``torch.load(weights_only=True)``. Every split is stratified and deterministic by seed.
 
 The package is split by idea: :mod:`.config` (settings and splits), :mod:`.memory` (in-memory
-sources), :mod:`.folder` (scanning an image folder), :mod:`.pixels` (decoding and pixel
-operations), :mod:`.card` (the dataset card) and :mod:`.reading` (reading a dataset back).
+sources), :mod:`.folder` (scanning an image folder), :mod:`.cache` (its decoded images),
+:mod:`.pixels` (decoding and pixel operations), :mod:`.card` (the dataset card) and
+:mod:`.reading` (reading a dataset back).
 """
 
 from __future__ import annotations

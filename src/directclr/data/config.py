@@ -52,6 +52,16 @@ class DataConfig(BaseModel):
         "auto", description="1 (grey), 3 (RGB) or auto: the source's own, or the majority"
     )
     num_workers: WorkersSetting = 2
+    cache: bool = Field(
+        True,
+        description="image folder: keep the decoded images at image_size in a uint8 array "
+        "under cache_dir that training reads instead of decoding every file every epoch",
+    )
+    cache_dir: str = Field(
+        "data/02_intermediate/image_cache",
+        description="where the image-folder caches live, one sub-folder per folder content, "
+        "size and channels (outside the versioned datasets, so reruns reuse them)",
+    )
     seed: int = 0
 
     @model_validator(mode="after")

@@ -2,7 +2,9 @@
 
 Every selected file is decoded once at data_prep (in DataLoader workers), so unreadable files
 are skipped and listed before training and the channel statistics are those of the images
-training will see.
+training will see. With ``data_prep.cache`` on, the decoded pixels are kept in a uint8 array
+at the training size (see :mod:`directclr.data.cache`) that training reads instead of the
+files, and a rerun on an unchanged folder finds that array and decodes nothing.
 """
 
 from __future__ import annotations
@@ -19,6 +21,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from directclr.data.cache import (
+    CacheWriter,
+    ImageCache,
+    cache_key,
+    cache_rows,
+    hash_files,
+    train_channel_sums,
+)
 from directclr.data.card import dataset_card
 from directclr.data.config import (
     DEFAULT_FOLDER_IMAGE_SIZE,
@@ -135,8 +145,8 @@ class _ScanFiles(Dataset):
     """Decodes each file once for data_prep: readable or not, grey or colour, file hash, and
     pixel sums of the resized image in RGB and in grey (for the channel statistics)."""
 
-    def __init__(self, root: Path, paths: list[str], size: int) -> None:
-        self.root, self.paths, self.size = root, paths, size
+    def __init__(self, root: Path, paths: list[str], size: int, pixels: bool = False) -> None:
+        self.root, self.paths, self.size, self.pixels = root, paths, size, pixels
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -149,10 +159,13 @@ class _ScanFiles(Dataset):
         # DecompressionBombError, zlib errors); any of them means the file is unreadable.
         except Exception as err:
             return {"ok": False, "reason": f"{err.__class__.__name__}: {err}"}
-        rgb = np.asarray(image).astype(np.int64)
+        pixels = np.asarray(image)
+        rgb = pixels.astype(np.int64)
         grey = np.asarray(image.convert("L")).astype(np.int64)
         return {
             "ok": True,
+            # RGB (3, S, S), exactly decode_image's; grey is made from it as decode_image does
+            "pixels": np.ascontiguousarray(pixels.transpose(2, 0, 1)) if self.pixels else None,
             "grey": mode in _GRAY_MODES,
             "sha256": hashlib.sha256(data).hexdigest(),
             "sums": {
@@ -167,18 +180,32 @@ def _keep_item(item: Any) -> Any:
 
 
 def _scan(
-    root: Path, selected: list[tuple[str, str, int]], size: int, num_workers: int
+    root: Path,
+    selected: list[tuple[str, str, int]],
+    size: int,
+    num_workers: int,
+    writer: CacheWriter | None = None,
+    rows: np.ndarray | None = None,
+    hashes: list[str] | None = None,
 ) -> tuple[list[tuple[str, str, int, dict]], list[dict[str, str]]]:
     """Decode every selected (split, path, label) once in DataLoader workers: the readable
-    ones with their scan results, and the unreadable ones with the reason."""
+    ones with their scan results, and the unreadable ones with the reason. With a ``writer``
+    the pixels of entry i go to cache row ``rows[i]``, and each file must still have the
+    sha256 in ``hashes`` that the cache key was made of."""
     loader = DataLoader(
-        _ScanFiles(root, [path for _, path, _ in selected], size),
+        _ScanFiles(root, [path for _, path, _ in selected], size, pixels=writer is not None),
         batch_size=None,
         num_workers=num_workers,
         collate_fn=_keep_item,
     )
     kept, skipped = [], []
     for n, ((split, path, label), item) in enumerate(zip(selected, loader, strict=True), 1):
+        if item["ok"] and writer is not None:
+            if item["sha256"] != hashes[n - 1]:
+                raise ValueError(
+                    f"image_folder: {path} changed while data_prep read it; rerun data_prep"
+                )
+            writer.write(int(rows[n - 1]), item.pop("pixels"))
         if item["ok"]:
             kept.append((split, path, label, item))
         else:
@@ -200,6 +227,13 @@ def prepare_image_folder(config: DataConfig) -> tuple[dict[str, Any], dict[str, 
     Every selected file is decoded once here (in ``num_workers`` DataLoader workers) so that
     unreadable ones are skipped and listed before training, and the channel statistics are
     those of the images training will see.
+
+    With ``config.cache`` the files are first hashed (read, not decoded) to make the cache
+    key: a complete cache with that key is reused, its sidecar telling which files were
+    unreadable or grey and its pixels giving the statistics, and nothing is decoded; else
+    the pixels decoded here are written into a new cache (each file is then read twice, the
+    second read usually from the page cache). The manifest gets ``cache`` (path, key, shape)
+    and ``{split}_rows``, each entry's row in it.
     """
     root = Path(config.root)
     size = config.image_size or DEFAULT_FOLDER_IMAGE_SIZE
@@ -225,7 +259,94 @@ def prepare_image_folder(config: DataConfig) -> tuple[dict[str, Any], dict[str, 
     selected = [
         (split, *parts[part][row]) for split, (part, rows) in splits.items() for row in rows
     ]
-    kept, skipped = _scan(root, selected, size, config.num_workers)
+    writer = None
+    if not config.cache:
+        cache = None
+        kept, skipped = _scan(root, selected, size, config.num_workers)
+    else:
+        paths = [path for _, path, _ in selected]
+        hashes = hash_files(root, paths, config.num_workers)
+        key, rows = cache_key(paths, hashes, size, config.channels), cache_rows(paths)
+        cache = ImageCache.open(Path(config.cache_dir) / key, key)
+        if cache is not None:
+            logger.info("image_folder: reusing the decoded images in %s", cache.folder)
+            kept, skipped = _from_cache(cache, selected, rows, hashes)
+        else:
+            logger.info(
+                "image_folder: decoding %d files into a cache under %s",
+                len(paths),
+                config.cache_dir,
+            )
+            writer = CacheWriter(Path(config.cache_dir), key, len(paths), size)
+    try:
+        if writer is not None:
+            kept, skipped = _scan(root, selected, size, config.num_workers, writer, rows, hashes)
+        manifest, card = _describe(
+            config, root, size, layout, splits, selected, kept, skipped, cache
+        )
+        if writer is not None:
+            by_path = {path: item for _, path, _, item in kept}
+            states = "".join(
+                ("g" if by_path[p]["grey"] else "c") if p in by_path else "x" for p in sorted(paths)
+            )
+            reasons = {entry["path"]: entry["reason"] for entry in skipped}
+            sidecar = {
+                "image_size": size,
+                "channels_setting": config.channels,
+                "channels": manifest["channels"],
+                "rows": states,  # per row: g(rey), c(olour) or x (unreadable)
+                "skipped": {
+                    str(int(rows[i])): reasons[p] for i, p in enumerate(paths) if p in reasons
+                },
+            }
+            cache = writer.finish(manifest["channels"], sidecar)
+    except BaseException:
+        if writer is not None:
+            writer.abandon()
+        raise
+    if cache is not None:
+        manifest["cache"] = {"path": str(cache.folder), "key": cache.meta["key"],
+                             "shape": list(cache.shape)}  # fmt: skip
+        position = {path: int(row) for path, row in zip(paths, rows, strict=True)}
+        for split in splits:
+            manifest[f"{split}_rows"] = torch.tensor(
+                [position[p] for p in manifest[f"{split}_paths"]], dtype=torch.int64
+            )
+    return manifest, card
+
+
+def _from_cache(
+    cache: ImageCache, selected: list[tuple[str, str, int]], rows: np.ndarray, hashes: list[str]
+) -> tuple[list[tuple[str, str, int, dict]], list[dict[str, str]]]:
+    """What :func:`_scan` finds, read from a cache's sidecar instead of decoding the files
+    (the sums are left out: the statistics are then summed from the cached pixels)."""
+    states, reasons = cache.meta["rows"], cache.meta["skipped"]
+    kept, skipped = [], []
+    for (split, path, label), row, sha in zip(selected, rows, hashes, strict=True):
+        state = states[int(row)]
+        if state == "x":
+            reason = reasons[str(int(row))]
+            skipped.append({"path": path, "split": split, "reason": reason})
+            logger.warning("image_folder: skipped %s (%s)", path, reason)
+        else:
+            kept.append((split, path, label, {"ok": True, "grey": state == "g", "sha256": sha}))
+    return kept, skipped
+
+
+def _describe(
+    config: DataConfig,
+    root: Path,
+    size: int,
+    layout: dict[str, Any],
+    splits: dict[str, tuple[str, np.ndarray]],
+    selected: list[tuple[str, str, int]],
+    kept: list[tuple[str, str, int, dict]],
+    skipped: list[dict[str, str]],
+    cache: ImageCache | None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The manifest and the card of the scanned files; the channel statistics come from the
+    scan's sums, or from a reused ``cache``'s pixels (the same integers)."""
+    classes, parts = layout["classes"], layout["parts"]
     selected_train = np.bincount(
         [y for s, _, y in selected if s == "train"], minlength=len(classes)
     )
@@ -244,8 +365,19 @@ def prepare_image_folder(config: DataConfig) -> tuple[dict[str, Any], dict[str, 
     if channels == "auto":
         channels = 1 if grey > len(kept) - grey else 3
     train_items = [item for split, *_, item in kept if split == "train"]
-    total = [sum(item["sums"][channels][0][c] for item in train_items) for c in range(channels)]
-    squares = [sum(item["sums"][channels][1][c] for item in train_items) for c in range(channels)]
+    if cache is not None:
+        if cache.shape[1] != channels:
+            raise ValueError(f"the cache {cache.folder} has {cache.shape[1]} channels, the "
+                             f"files {channels}; delete it and rerun data_prep")  # fmt: skip
+        position = cache_rows([path for _, path, _ in selected])
+        index = {path: i for i, (_, path, _) in enumerate(selected)}
+        train_rows = [position[index[path]] for split, path, *_ in kept if split == "train"]
+        total, squares = train_channel_sums(cache, np.array(train_rows))
+    else:
+        total = [sum(item["sums"][channels][0][c] for item in train_items)
+                 for c in range(channels)]  # fmt: skip
+        squares = [sum(item["sums"][channels][1][c] for item in train_items)
+                   for c in range(channels)]  # fmt: skip
     mean, std = _mean_std(total, squares, len(train_items) * size * size)
 
     manifest: dict[str, Any] = {

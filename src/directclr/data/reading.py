@@ -1,5 +1,5 @@
-"""Reading a prepared dataset back: an image-folder split decoded batch by batch in DataLoader
-workers, or any split as one uint8 tensor.
+"""Reading a prepared dataset back: an image-folder split batch by batch (rows of its
+decoded-image cache, or files decoded in DataLoader workers), or any split as one uint8 tensor.
 """
 
 from __future__ import annotations
@@ -11,8 +11,16 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from directclr.data.cache import manifest_cache
 from directclr.data.config import SPLITS
 from directclr.data.pixels import decode_image
+
+
+def check_split(manifest: dict[str, Any], split: str) -> None:
+    """A KeyError naming the splits the manifest has, when ``split`` is not one of them."""
+    if f"{split}_paths" not in manifest:
+        available = [s for s in SPLITS if f"{s}_paths" in manifest]
+        raise KeyError(f"the manifest has no {split} split; it has {', '.join(available)}")
 
 
 class ImageFolderSplit(Dataset):
@@ -22,9 +30,7 @@ class ImageFolderSplit(Dataset):
     """
 
     def __init__(self, manifest: dict[str, Any], split: str, root: str | None = None) -> None:
-        if f"{split}_paths" not in manifest:
-            available = [s for s in SPLITS if f"{s}_paths" in manifest]
-            raise KeyError(f"the manifest has no {split} split; it has {', '.join(available)}")
+        check_split(manifest, split)
         self.root = Path(root if root is not None else manifest["root"])
         self.paths = manifest[f"{split}_paths"]
         self.labels = manifest[f"{split}_labels"]
@@ -58,16 +64,29 @@ def iterate_batches(
     root: str | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Batches of (uint8 (B, C, S, S) images, int64 labels) of one split of an image-folder
-    manifest, decoded in ``num_workers`` DataLoader worker processes.
+    manifest: rows of its decoded-image cache when it has one, else files decoded in
+    ``num_workers`` DataLoader worker processes. Both give the same batches.
 
     The order is the manifest's, or with ``shuffle`` a permutation fixed by ``seed`` (pass a
-    different seed each epoch, e.g. ``seed + epoch``, for a fresh order).
+    different seed each epoch, e.g. ``seed + epoch``, for a fresh order). Both paths draw it
+    here, the same way, so the cache changes no batch.
     """
+    check_split(manifest, split)
+    n = len(manifest[f"{split}_paths"])
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    cache = manifest_cache(manifest)
+    if cache is not None:
+        rows, labels = manifest[f"{split}_rows"], manifest[f"{split}_labels"]
+        stop = n - n % batch_size if drop_last else n
+        for start in range(0, stop, batch_size):
+            batch = order[start : start + batch_size]
+            yield cache.read(rows[batch], pin=pin_memory), labels[batch]
+        return
     loader = DataLoader(
         ImageFolderSplit(manifest, split, root),
         batch_size=batch_size,
-        shuffle=shuffle,
-        generator=torch.Generator().manual_seed(seed) if shuffle else None,
+        sampler=order.tolist(),
         num_workers=num_workers,
         drop_last=drop_last,
         pin_memory=pin_memory,

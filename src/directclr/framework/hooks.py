@@ -12,6 +12,7 @@ from kedro.config import OmegaConfigLoader
 from kedro.framework.hooks import hook_impl
 
 from directclr.framework.parameters import (
+    PRETRAINING_NODE,
     catalog_text,
     check_comparison_settings,
     check_known_settings,
@@ -214,10 +215,40 @@ def _comparisons_in(pipeline) -> list[str]:
     return sorted({run.partition(".")[0] for run in runs_in(pipeline)} & set(COMPARISONS))
 
 
+def _skipped(node) -> Any:
+    """A stand-in for ``node``'s function on a rank that does not compute it: every output
+    is None (kept in memory by :class:`RankZeroWrites`, never written)."""
+    outputs = node._outputs  # as the node was declared: None, a name, a list or a dict
+
+    def skipped(*args: Any, **kwargs: Any) -> Any:
+        if isinstance(outputs, dict):
+            return dict.fromkeys(outputs)
+        if isinstance(outputs, list | tuple):
+            return [None] * len(outputs)
+        return None
+
+    skipped.__name__ = f"skipped_on_this_rank__{node.func.__name__}"
+    return skipped
+
+
 class RankZeroWrites:
-    """Under ``torchrun`` every process runs the whole pipeline (the pretraining node trains
-    as one data-parallel job); only rank 0 writes catalog outputs. The other ranks keep
-    what they would have saved in memory, for the nodes after it, and log only warnings."""
+    """Under ``torchrun`` every process runs the pipeline's pretraining nodes (each trains as
+    one data-parallel job) and the nodes they need (data_prep); only rank 0 writes catalog
+    outputs, and only rank 0 runs the nodes after pretraining (embeddings, spectrum,
+    linear_eval, ...): on the other ranks their functions are replaced by ones that return
+    None, through the node's ``func`` setter (Kedro's way for a hook to wrap a node's
+    function). The other ranks keep what they would have saved in memory, for the nodes
+    after it, and log only warnings."""
+
+    @hook_impl
+    def before_pipeline_run(self, run_params: dict, pipeline, catalog) -> None:
+        if int(os.environ.get("RANK", "0")) == 0:
+            return
+        trains = [n.name for n in pipeline.nodes if n.name.endswith(PRETRAINING_NODE)]
+        needed = {n.name for n in pipeline.to_nodes(*trains).nodes} if trains else set()
+        for node in pipeline.nodes:
+            if node.name not in needed:
+                node.func = _skipped(node)
 
     @hook_impl
     def after_catalog_created(self, catalog) -> None:

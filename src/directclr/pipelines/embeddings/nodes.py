@@ -45,8 +45,8 @@ class EmbeddingsConfig(BaseModel):
 
 
 def split_images(dataset: dict, split: str, params: EmbeddingsConfig):
-    """The uint8 images of a split: the stored tensor, or an image folder decoded in
-    DataLoader workers batch by batch, in manifest order."""
+    """The uint8 images of a split: the stored tensor, or an image folder batch by batch in
+    manifest order (rows of its decoded-image cache, or files decoded in DataLoader workers)."""
     if dataset.get("kind") != "manifest":
         return dataset[f"{split}_images"]
     batches = iterate_batches(dataset, split, params.batch_size, num_workers=params.num_workers)

@@ -1,0 +1,87 @@
+"""What ``precision`` resolves to, and that bf16 autocast leaves the loss and r in float32."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from directclr import devices, training
+from directclr.devices import AUTO_PRECISION_ENV, cpu_bf16_support, resolve_precision, use_bf16
+from directclr.models import encode
+from directclr.training import PretrainingConfig, pretrain
+
+CPU = torch.device("cpu")
+
+
+def test_the_suite_pins_auto_to_fp32():
+    # conftest sets it for every test, so none depends on the CPU running the suite.
+    assert use_bf16("auto", CPU) is False
+    assert resolve_precision("auto", CPU)[1].endswith(f"{AUTO_PRECISION_ENV}=fp32")
+
+
+def test_explicit_precisions_are_what_they_say():
+    assert resolve_precision("fp32", CPU) == (False, "precision=fp32")
+    assert resolve_precision("bf16", CPU) == (True, "precision=bf16")
+    with pytest.raises(ValueError, match="auto, fp32 or bf16"):
+        resolve_precision("fp16", CPU)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_on_cpu_follows_the_cpus_bf16_support(monkeypatch, native):
+    monkeypatch.delenv(AUTO_PRECISION_ENV)
+    monkeypatch.setattr(devices, "cpu_bf16_support", lambda: (native, "what the CPU says"))
+    bf16, why = resolve_precision("auto", CPU)
+    assert bf16 is (native and devices.CPU_BF16_AUTO)
+    assert "what the CPU says" in why
+
+
+def test_auto_is_fp32_on_other_devices(monkeypatch):
+    monkeypatch.delenv(AUTO_PRECISION_ENV)
+    assert resolve_precision("auto", torch.device("mps")) == (False, "precision=auto on mps: fp32")
+
+
+def test_the_environment_overrides_auto_only(monkeypatch):
+    monkeypatch.setenv(AUTO_PRECISION_ENV, "bf16")
+    assert use_bf16("auto", CPU) is True
+    assert use_bf16("fp32", CPU) is False
+    monkeypatch.setenv(AUTO_PRECISION_ENV, "half")
+    with pytest.raises(ValueError, match=f"{AUTO_PRECISION_ENV}='half'"):
+        use_bf16("auto", CPU)
+
+
+def test_cpu_support_is_detected_with_or_without_torchs_probes(monkeypatch):
+    native, why = cpu_bf16_support()
+    assert isinstance(native, bool) and why
+    # A torch without the run-time probes: the kernel's CPU flags decide.
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported", raising=False)
+    fallback, why = cpu_bf16_support()
+    assert isinstance(fallback, bool) and why
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.exists():
+        return
+    flags = cpuinfo.read_text().split()
+    assert fallback == ("avx512_bf16" in flags or "amx_bf16" in flags)
+
+
+def test_bf16_autocast_feeds_the_loss_float32_and_encodes_float32(digits, monkeypatch):
+    dataset, card = digits
+    seen = []
+    loss = training.paper_info_nce
+
+    def spy(z1, z2, *args, **kwargs):
+        seen.append((z1.dtype, z2.dtype))
+        return loss(z1, z2, *args, **kwargs)
+
+    monkeypatch.setattr(training, "paper_info_nce", spy)
+    config = PretrainingConfig(
+        width=4, d0=8, epochs=1, batch_size=64, warmup_epochs=0, precision="bf16", device="cpu"
+    )
+    images, labels = dataset["train_images"][:128], dataset["train_labels"][:128]
+    model, history, spectra = pretrain(
+        images, labels, config, card["channel_mean"], card["channel_std"]
+    )
+    assert seen and set(seen) == {(torch.float32, torch.float32)}
+    assert history["loss"].notna().all()
+    r, z = encode(model, images, device="cpu")
+    assert r.dtype == z.dtype == torch.float32
+    assert spectra["eigenvalue"].dtype.kind == "f"
