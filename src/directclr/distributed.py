@@ -84,8 +84,7 @@ def rank_zero_first(work: Callable[[], T], timeout_s: float = 600, poll_s: float
     while True:
         # 0: rank 0 still working; 1: done; 2: failed.
         state = 0 if thread is None or thread.is_alive() else 1 + ("error" in outcome)
-        flag = torch.tensor([state])
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        flag = all_max(torch.tensor([state]))
         if int(flag) > 0:
             break
         time.sleep(poll_s)
@@ -124,21 +123,23 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     return _GatherWithGrad.apply(x)
 
 
-def all_sum(value: torch.Tensor) -> torch.Tensor:
-    """Sum of a tensor over all processes (the tensor itself outside a job)."""
-    if rank_and_world()[1] > 1:
-        value = value.clone()
-        dist.all_reduce(value, op=dist.ReduceOp.SUM)
-    return value
-
-
-def all_max(value: torch.Tensor) -> torch.Tensor:
-    """Elementwise maximum of a tensor over all processes (the tensor itself outside a job):
+def _all_reduce(value: torch.Tensor, op: dist.ReduceOp) -> torch.Tensor:
+    """``op`` of a tensor over all processes, into a copy (the tensor itself outside a job):
     one all_reduce on the tensor's device, no host sync."""
     if rank_and_world()[1] > 1:
         value = value.clone()
-        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        dist.all_reduce(value, op=op)
     return value
+
+
+def all_sum(value: torch.Tensor) -> torch.Tensor:
+    """Sum of a tensor over all processes (the tensor itself outside a job)."""
+    return _all_reduce(value, dist.ReduceOp.SUM)
+
+
+def all_max(value: torch.Tensor) -> torch.Tensor:
+    """Elementwise maximum of a tensor over all processes (the tensor itself outside a job)."""
+    return _all_reduce(value, dist.ReduceOp.MAX)
 
 
 def all_gather_objects(obj: Any) -> list[Any]:

@@ -87,15 +87,22 @@ def log_params(tracking_uri: str, run_id: str, params: dict[str, Any]) -> None:
         client.log_batch(run_id, params=batch[start : start + 100])
 
 
+def newest_run(tracking_uri: str, experiment_id: str, query: str):
+    """The newest live run of the experiment that ``query`` (MLflow's search syntax) finds;
+    None when there is none."""
+    runs = _client(tracking_uri).search_runs(
+        [experiment_id], query, max_results=1, order_by=["attributes.start_time DESC"]
+    )
+    return runs[0] if runs else None
+
+
 def find_child(tracking_uri: str, experiment_id: str, namespace: str, parent: str | None):
     """The newest live run for ``namespace`` under ``parent`` (any parent when None)."""
     query = f"tags.`{NAMESPACE_TAG}` = '{namespace}'"
     if parent is not None:
         query += f" and tags.`{PARENT_TAG}` = '{parent}'"
-    runs = _client(tracking_uri).search_runs(
-        [experiment_id], query, max_results=1, order_by=["attributes.start_time DESC"]
-    )
-    return runs[0].info.run_id if runs else None
+    run = newest_run(tracking_uri, experiment_id, query)
+    return run.info.run_id if run else None
 
 
 def create_child(
@@ -137,15 +144,11 @@ class RunRecorder:
         """Open the run: the unfinished run that trained checkpoint ``key`` when training
         resumes (``history`` non-empty) and one exists, else a new child run, which gets the
         rows already trained (``history``) so every run holds its whole history."""
-        client = _client(self.tracking_uri)
         if history:
             query = f"tags.`{CHECKPOINT_TAG}` = '{key}' and attributes.status != 'FINISHED'"
-            found = client.search_runs(
-                [self.experiment_id], query, max_results=1,
-                order_by=["attributes.start_time DESC"],
-            )  # fmt: skip
-            if found:
-                previous = found[0]
+            previous = newest_run(self.tracking_uri, self.experiment_id, query)
+            if previous is not None:
+                client = _client(self.tracking_uri)
                 self.run_id = previous.info.run_id
                 parents = previous.data.tags.get(PREVIOUS_PARENTS_TAG, "")
                 old_parent = previous.data.tags.get(PARENT_TAG, "")
