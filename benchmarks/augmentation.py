@@ -105,7 +105,7 @@ def main() -> None:
     pool = rng.integers(0, 256, (batches * BATCH, SIZE, SIZE, 3), dtype=np.uint8)
     tensors = torch.from_numpy(pool).permute(0, 3, 1, 2).contiguous().to(device)
     pil_pipelines = [pil_view(v, SIZE) for v in views]
-    generator = torch.Generator(device=device).manual_seed(0)
+    generator = torch.Generator().manual_seed(0)
 
     def engine() -> int:
         for batch in tensors.split(BATCH):

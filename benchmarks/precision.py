@@ -16,11 +16,19 @@ one pair per seed. Each data set prints the probe's top-1 (``directclr.evaluatio
 on the frozen float32 r of train and test) by seed, mean +- sd per precision, the paired
 difference (bf16 - fp32) and whether it stays within the seed spread (the mean difference not
 below minus the larger sd), and training images/s (median over epochs) of each. Also prints
-what ``precision: auto`` resolves to here and why. The last line is
+what ``precision: auto`` resolves to here and why.
+
+Then speed alone, by image side: the default run's model and recipe trained for 2 epochs on
+``--side-images`` generated images at each side of ``--sides``, fp32 and bf16 alternated
+over ``--rounds`` rounds, printing the median per-round ratio of the second epochs' images/s
+(the first pays one-time set-up) with its range. This is what ``auto``'s rule on CPU
+(bf16 from ``CPU_BF16_MIN_SIDE`` pixels a side) rests on. The last line is
 ``ratio=<bf16 images/s / fp32 images/s>`` on the default run's digits.
 
     python benchmarks/precision.py [--quick] [--seeds 3] [--peer-train 3000]
                                    [--peer-test 2000] [--peer-epochs 2]
+                                   [--sides 8 12 16 24 32] [--side-images 1024] [--rounds 3]
+                                   [--only-sides]
 """
 
 from __future__ import annotations
@@ -94,6 +102,30 @@ def compare(
     return bf16_rate / fp32_rate
 
 
+def speed_by_side(sides: list[int], images: int, rounds: int, quick: dict) -> None:
+    """bf16/fp32 training speed of the default run's model at each image side (see above)."""
+    print(f"speed by image side: {images} generated images, 2 epochs, the default run's model "
+          f"and recipe; fp32 and bf16 alternated, {rounds} rounds")  # fmt: skip
+    generator = torch.Generator().manual_seed(0)
+    for side in sides:
+        data = torch.randint(0, 256, (images, 1, side, side), dtype=torch.uint8,
+                             generator=generator)  # fmt: skip
+        labels = torch.randint(0, 10, (images,), generator=generator)
+        mean, std = channel_stats(data)
+        rate: dict[str, list[float]] = {p: [] for p in PRECISIONS}
+        for round_ in range(rounds):
+            for precision in PRECISIONS if round_ % 2 == 0 else PRECISIONS[::-1]:
+                run = recipe_config(device="cpu", rank_every=2, **{**quick, "epochs": 2,
+                                    "warmup_epochs": 1, "precision": precision})  # fmt: skip
+                _, history, _ = pretrain(data, labels, run, mean, std)
+                rate[precision].append(float(history["images_per_s"].iloc[-1]))
+        ratios = [b / f for b, f in zip(rate["bf16"], rate["fp32"], strict=True)]
+        fp32, bf16 = (statistics.median(rate[p]) for p in PRECISIONS)
+        print(f"  {side:>3} px: fp32 {fp32:8,.1f}  bf16 {bf16:8,.1f} images/s; bf16/fp32 "
+              f"median {statistics.median(ratios):.3f} "
+              f"(range {min(ratios):.3f}-{max(ratios):.3f})")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny runs: smoke test only")
@@ -101,6 +133,10 @@ def main() -> None:
     parser.add_argument("--peer-train", type=int, default=3000)
     parser.add_argument("--peer-test", type=int, default=2000)
     parser.add_argument("--peer-epochs", type=int, default=2)
+    parser.add_argument("--sides", type=int, nargs="+", default=[8, 12, 16, 24, 32])
+    parser.add_argument("--side-images", type=int, default=1024)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--only-sides", action="store_true", help="the speed by side alone")
     args = parser.parse_args()
     seeds = args.seeds or (2 if args.quick else 3)
 
@@ -109,8 +145,11 @@ def main() -> None:
     print(f"precision: auto resolves to {'bf16 autocast' if bf16 else 'fp32'} here: {why}; "
           f"{torch.get_num_threads()} torch threads{quick_note}")  # fmt: skip
 
-    digits, _ = prepare(DataConfig())
     quick = {"epochs": 2, "warmup_epochs": 1, "width": 8} if args.quick else {}
+    if args.only_sides:
+        speed_by_side(args.sides, args.side_images, args.rounds, quick)
+        return
+    digits, _ = prepare(DataConfig())
     epochs = quick.get("epochs", recipe_config().epochs)
     digits_config = recipe_config(device="cpu", rank_every=epochs, **quick)
     ratio = compare("digits, the default run", digits, digits_config, seeds)
@@ -127,6 +166,8 @@ def main() -> None:
         )
     config = peer_config(epochs, batch, 0, "fp32", width=width)
     compare("peer.py's images", peer_data(train, test), config, seeds)
+    sides = [8, 16] if args.quick else args.sides
+    speed_by_side(sides, 256 if args.quick else args.side_images, args.rounds, quick)
     print(f"ratio={ratio:.3f}")
 
 

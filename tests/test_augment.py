@@ -9,7 +9,6 @@ from directclr.augment import (
     CONTRAST,
     HUE,
     SATURATION,
-    TwoViewAugmentation,
     ViewAugmentation,
     adjust_brightness,
     adjust_contrast,
@@ -140,17 +139,41 @@ def test_each_operation_is_applied_to_a_fraction_p_of_samples(field, p):
         assert torch.equal(grey, changed)
 
 
-def test_accelerator_path_gives_the_cpu_path_views(monkeypatch):
-    # On an accelerator every sample is computed and the results selected (no host sync);
-    # on CPU only the chosen samples are. Both must give the same views.
-    images = _images(64)
-    config = TwoViewAugmentation()
-    views = (config.view1, config.view2)
-    cpu = [augment(images, v, torch.Generator().manual_seed(7)) for v in views]
-    monkeypatch.setattr(augment_module, "_compute_subsets", lambda device: False)
-    masked = [augment(images, v, torch.Generator().manual_seed(7)) for v in views]
-    for a, b in zip(cpu, masked, strict=True):
-        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+def test_each_jitter_operation_runs_once_on_the_samples_that_draw_it(monkeypatch):
+    # Four order slots, but every operation sees each jittered sample exactly once, and no
+    # other sample: 4 evaluations per sample where whole-batch selection would take 16.
+    seen = {}
+    for name in ("adjust_brightness", "adjust_contrast", "adjust_saturation", "adjust_hue"):
+        real = getattr(augment_module, name)
+
+        def counted(x, params, real=real, name=name):
+            seen[name] = seen.get(name, 0) + len(x)
+            return real(x, params)
+
+        monkeypatch.setattr(augment_module, name, counted)
+    real_jitter = augment_module.color_jitter
+    drawn = []
+
+    def jitter(images, *params, order, apply):
+        drawn.append(int(apply.sum()))
+        return real_jitter(images, *params, order, apply)
+
+    monkeypatch.setattr(
+        augment_module, "color_jitter", lambda x, *a: jitter(x, *a[:-2], order=a[-2], apply=a[-1])
+    )
+    augment(
+        _images(512), ViewAugmentation(**{**OFF, "jitter_p": 0.8}), torch.Generator().manual_seed(3)
+    )
+    assert len(drawn) == 1 and 350 < drawn[0] < 470
+    assert seen == dict.fromkeys(seen, drawn[0]) and len(seen) == 4
+
+
+def test_a_generator_off_the_host_is_refused_before_work():
+    class OnDevice:
+        device = torch.device("meta")
+
+    with pytest.raises(ValueError, match="CPU generator"):
+        augment(_images(4), ViewAugmentation(), OnDevice())
 
 
 def test_engine_runs_on_one_cpu_thread_and_restores_the_thread_count(monkeypatch):

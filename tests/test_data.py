@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -133,6 +135,7 @@ def test_unknown_source_is_rejected():
         ({"image_size": 4}, "image_size"),
         ({"channels": 2}, "channels"),
         ({"num_workers": -1}, "num_workers"),
+        ({"num_workers": "many"}, "num_workers"),
         ({"download": True}, "download"),
         ({"source": "image_folder", "download": True}, "download"),
         ({"batch": 3}, "batch"),
@@ -141,6 +144,19 @@ def test_unknown_source_is_rejected():
 def test_bad_parameters_fail_in_the_model_naming_the_parameter(override, parameter):
     with pytest.raises(ValidationError, match=parameter):
         DataConfig(**override)
+
+
+def test_auto_workers_share_the_cpus_this_process_may_use(monkeypatch):
+    from directclr.devices import resolve_workers
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(12)), raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert resolve_workers("auto") == 8  # at most 8
+    assert resolve_workers("auto", processes=4) == 3
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "16")  # torchrun's processes on this machine
+    assert resolve_workers("auto") == 1  # never 0: decoding stays out of the training loop
+    assert resolve_workers(0) == 0 and resolve_workers(5) == 5
+    assert DataConfig().num_workers == "auto"
 
 
 def test_a_split_that_cannot_be_stratified_names_its_parameter():

@@ -61,8 +61,10 @@ def no_decoding(monkeypatch):
     monkeypatch.setattr(folder_module._ScanFiles, "__getitem__", refuse)
 
 
-def epochs(manifest, world: int = 1, rank: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    source = training_batches(manifest, batch_size=8, seed=3, num_workers=0)
+def epochs(
+    manifest, world: int = 1, rank: int = 0, workers: int = 0
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    source = training_batches(manifest, batch_size=8, seed=3, num_workers=workers)
     return [batch for e in range(2) for batch in source.epoch(e, rank, world)]
 
 
@@ -84,6 +86,8 @@ def test_the_cache_gives_the_batches_and_the_card_that_decoding_gives(jpegs, tmp
         == decoded.keys()  # fmt: skip
     for world, rank in ((1, 0), (2, 1)):
         assert_same_batches(epochs(cached, world, rank), epochs(decoded, world, rank))
+    # Decoding in two workers that stay up between epochs: each epoch still gets its rows.
+    assert_same_batches(epochs(cached), epochs(decoded, workers=2))
     for split in ("train", "val", "test"):
         assert torch.equal(materialize(cached, split), materialize(decoded, split))
         shuffled = [list(iterate_batches(m, split, 7, True, 5, drop_last=True))
@@ -208,3 +212,30 @@ def test_a_half_written_cache_is_never_used(jpegs, tmp_path, monkeypatch, caplog
     again, _ = prepare(config(jpegs))
     assert ImageCache.open(folder, again["cache"]["key"]) is not None
     assert json.loads((folder / "cache.json").read_text())["key"] == folder.name
+
+
+def _prepare_in_a_job(root: str, log: str) -> None:
+    import os
+
+    from directclr.data import folder
+    from directclr.pipelines.data_prep.nodes import prepare_dataset
+
+    real = folder.CacheWriter
+
+    def writer(*args, **kwargs):
+        with open(log, "a") as f:
+            f.write(f"{os.environ['RANK']}\n")
+        return real(*args, **kwargs)
+
+    folder.CacheWriter = writer
+    dataset, _ = prepare_dataset(config(Path(root), cache_dir=str(Path(log).parent / "caches")))
+    assert "cache" in dataset
+
+
+@pytest.mark.slow  # a job of two processes
+def test_under_a_job_rank_zero_alone_decodes_the_folder_into_the_cache(jpegs, tmp_path):
+    from directclr.distributed import spawn
+
+    log = tmp_path / "writers.txt"
+    spawn(_prepare_in_a_job, 2, (str(jpegs), str(log)))
+    assert log.read_text().split() == ["0"]  # rank 1 found the complete cache and reused it

@@ -10,9 +10,11 @@ contrast=, saturation=, hue=)``, ``RandomGrayscale(p=)``, ``GaussianBlur(sigma=)
 torchvision's output (``tests/test_augment.py`` checks it against
 ``torchvision.transforms.v2.functional``).
 
-The random parameters of the whole batch are drawn first; then each operation runs on the
-samples that drew it (on CPU only on those; on an accelerator on all, keeping the drawn results,
-so that no step waits on the host).
+The random parameters of the whole batch are drawn first, on the host from a CPU generator;
+then each operation runs once, on the samples that drew it. Because the draws (and so the
+choice of samples) live on the host, an accelerator never has to report a count back: the
+parameters and row indices travel to it as non-blocking copies, and no step waits on the
+host. A seed gives the same draws on every device.
 """
 
 from __future__ import annotations
@@ -125,22 +127,22 @@ class TwoViewAugmentation(BaseModel):
     view2: ViewAugmentation = ViewAugmentation(blur_p=0.1, solarize_p=0.2)
 
 
-def _uniform(n: int, low: float, high: float, generator, device) -> torch.Tensor:
-    return torch.empty(n, device=device).uniform_(low, high, generator=generator)
+def _uniform(n: int, low: float, high: float, generator) -> torch.Tensor:
+    return torch.empty(n).uniform_(low, high, generator=generator)
 
 
-def _bernoulli(n: int, p: float, generator, device) -> torch.Tensor:
-    return torch.rand(n, device=device, generator=generator) < p
+def _bernoulli(n: int, p: float, generator) -> torch.Tensor:
+    return torch.rand(n, generator=generator) < p
 
 
-def _compute_subsets(device: torch.device) -> bool:
-    """Whether to run an operation on the chosen samples only, or on all and select.
-
-    On CPU, gathering the chosen samples costs little and saves the work on the others. On an
-    accelerator the subset's size would have to be read back to the host (a sync at every
-    step), so every sample is computed and the result picked with ``torch.where``.
-    """
-    return device.type == "cpu"
+def _to(device: torch.device, tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` on ``device``; from the host to a CUDA device through pinned memory, without
+    waiting for the copy."""
+    if tensor.device == device:
+        return tensor
+    if device.type == "cuda" and tensor.device.type == "cpu":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
 
 
 def _apply_to_rows(
@@ -148,18 +150,19 @@ def _apply_to_rows(
     mask: torch.Tensor,
     fn: Callable[[torch.Tensor, torch.Tensor | slice], torch.Tensor],
 ) -> torch.Tensor:
-    """``out`` with ``fn`` applied to the samples where ``mask`` is true (``out`` is reused).
+    """``out`` with ``fn`` applied to the samples where ``mask`` (best on the host) is true;
+    ``out`` is reused.
 
     ``fn(x, rows)`` transforms the samples ``x`` without modifying them; ``rows`` picks their
-    per-sample parameters (an index tensor, or ``slice(None)`` for the whole batch).
+    per-sample parameters (an index tensor on ``out``'s device, or ``slice(None)`` for the
+    whole batch).
     """
-    if not _compute_subsets(out.device):
-        return torch.where(mask[:, None, None, None], fn(out, slice(None)), out)
     rows = mask.nonzero().squeeze(1)
     if len(rows) == 0:
         return out
     if len(rows) == len(out):
         return fn(out, slice(None))
+    rows = _to(out.device, rows)
     return out.index_copy_(0, rows, fn(out.index_select(0, rows), rows))
 
 
@@ -170,18 +173,18 @@ def sample_crop_boxes(
     scale: tuple[float, float],
     ratio: tuple[float, float],
     generator: torch.Generator | None = None,
-    device: torch.device | str = "cpu",
     attempts: int = 10,
 ) -> torch.Tensor:
-    """Per-sample crop boxes ``(top, left, h, w)`` in pixels, as ``RandomResizedCrop`` draws them.
+    """Per-sample crop boxes ``(top, left, h, w)`` in pixels, as ``RandomResizedCrop`` draws them
+    (on the host, from the CPU ``generator``).
 
     Like torchvision, each sample tries ``attempts`` (area, log-ratio) draws and keeps the first
     box that fits; a sample for which none fits gets the centre crop with the ratio clamped.
     """
     area = float(height * width)
     log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
-    target_area = area * _uniform(n * attempts, *scale, generator, device).view(n, attempts)
-    aspect = torch.exp(_uniform(n * attempts, *log_ratio, generator, device)).view(n, attempts)
+    target_area = area * _uniform(n * attempts, *scale, generator).view(n, attempts)
+    aspect = torch.exp(_uniform(n * attempts, *log_ratio, generator)).view(n, attempts)
     w = torch.sqrt(target_area * aspect).round()
     h = torch.sqrt(target_area / aspect).round()
     fits = (w > 0) & (h > 0) & (w <= width) & (h <= height)
@@ -201,7 +204,7 @@ def sample_crop_boxes(
     h = torch.where(any_fit, h, torch.full_like(h, fh))
 
     # torchvision: top ~ randint(0, H - h + 1), left ~ randint(0, W - w + 1)
-    u = torch.rand(n, 2, device=device, generator=generator)
+    u = torch.rand(n, 2, generator=generator)
     top = torch.floor(u[:, 0] * (height - h + 1))
     left = torch.floor(u[:, 1] * (width - w + 1))
     top = torch.where(any_fit, top, torch.floor((height - h) / 2))
@@ -320,12 +323,14 @@ def color_jitter(
     ``brightness``, ``contrast``, ``saturation`` are per-sample factors and ``hue`` per-sample
     shifts, shape (N,); ``None`` turns that operation off. ``order`` (N, 4) holds each
     sample's permutation of ``BRIGHTNESS, CONTRAST, SATURATION, HUE`` (torchvision's
-    ``fn_idx``). Only samples where ``apply`` is true (default: all) are changed.
-    Saturation and hue leave single-channel images unchanged, as in torchvision.
+    ``fn_idx``). Only samples where ``apply`` is true (default: all) are changed, and each
+    operation is computed once per sample, in the slot that sample drew for it (``order`` and
+    ``apply`` best on the host, so the choice of rows never waits on a device). Saturation and
+    hue leave single-channel images unchanged, as in torchvision.
     """
     n = images.shape[0]
     if apply is None:
-        apply = torch.ones(n, dtype=torch.bool, device=images.device)
+        apply = torch.ones(n, dtype=torch.bool, device=order.device)
     operations = [
         (BRIGHTNESS, brightness, adjust_brightness),
         (CONTRAST, contrast, adjust_contrast),
@@ -386,12 +391,18 @@ def augment(
 ) -> torch.Tensor:
     """One random view of every image in ``images`` (uint8 or float in [0, 1], NCHW).
 
-    Returns float32 in [0, 1] with the same number of channels (1 or 3), resized to ``size``
-    (default: the input size). The order is SimCLR's: crop and resize, flip, colour jitter,
-    grayscale, blur, solarise. The same generator state gives the same views. On CPU the
-    work runs on one thread whatever ``torch.get_num_threads()`` says
-    (:func:`directclr.threads.one_cpu_thread`).
+    Returns float32 in [0, 1] on ``images``' device with the same number of channels (1 or 3),
+    resized to ``size`` (default: the input size). The order is SimCLR's: crop and resize,
+    flip, colour jitter, grayscale, blur, solarise. The random parameters come from
+    ``generator``, a CPU generator whatever the images' device (default: torch's global one):
+    the same generator state gives the same draws on every device. On CPU the work runs on one
+    thread whatever ``torch.get_num_threads()`` says (:func:`directclr.threads.one_cpu_thread`).
     """
+    if generator is not None and generator.device.type != "cpu":
+        raise ValueError(
+            f"augment draws its parameters on the host: pass a CPU generator "
+            f"(torch.Generator()), not one on {generator.device}"
+        )
     with one_cpu_thread(images.device):
         return _augment(images, config.scaled(), generator, size)
 
@@ -409,35 +420,34 @@ def _augment(
     size = size or (height, width)
     images = images.float().div_(255) if images.dtype == torch.uint8 else images.float()
 
-    boxes = sample_crop_boxes(
-        n, height, width, config.crop_scale, config.crop_ratio, generator, device
-    )
-    flip = _bernoulli(n, config.hflip_p, generator, device)
-    out = resized_crop(images, boxes, size, flip).clamp_(0, 1)
+    boxes = sample_crop_boxes(n, height, width, config.crop_scale, config.crop_ratio, generator)
+    flip = _bernoulli(n, config.hflip_p, generator)
+    out = resized_crop(images, _to(device, boxes), size, _to(device, flip)).clamp_(0, 1)
 
     amounts = (config.brightness, config.contrast, config.saturation, config.hue)
     if config.jitter_p > 0 and any(a > 0 for a in amounts):
-        apply = _bernoulli(n, config.jitter_p, generator, device)
+        apply = _bernoulli(n, config.jitter_p, generator)
         factors = [
-            _uniform(n, max(0.0, 1 - a), 1 + a, generator, device) if a > 0 else None
+            _to(device, _uniform(n, max(0.0, 1 - a), 1 + a, generator)) if a > 0 else None
             for a in amounts[:3]
         ]
-        shift = _uniform(n, -config.hue, config.hue, generator, device) if config.hue else None
-        order = torch.rand(n, 4, device=device, generator=generator).argsort(dim=1)
+        shift = _uniform(n, -config.hue, config.hue, generator) if config.hue else None
+        order = torch.rand(n, 4, generator=generator).argsort(dim=1)
+        shift = None if shift is None else _to(device, shift)
         out = color_jitter(out, *factors, shift, order, apply)
 
     if config.grayscale_p > 0 and channels == 3:
-        gray = _bernoulli(n, config.grayscale_p, generator, device)
+        gray = _bernoulli(n, config.grayscale_p, generator)
         out = _apply_to_rows(out, gray, lambda x, rows: grayscale(x).expand_as(x))
 
     if config.blur_p > 0:
-        blur = _bernoulli(n, config.blur_p, generator, device)
+        blur = _bernoulli(n, config.blur_p, generator)
         side = min(size)
-        sigma = _uniform(n, *(s * side for s in config.blur_sigma), generator, device)
+        sigma = _to(device, _uniform(n, *(s * side for s in config.blur_sigma), generator))
         kernel_size = config.blur_kernel_size or blur_kernel_size(*size)
         out = _apply_to_rows(out, blur, lambda x, rows: gaussian_blur(x, sigma[rows], kernel_size))
 
     if config.solarize_p > 0:
-        solar = _bernoulli(n, config.solarize_p, generator, device)
+        solar = _bernoulli(n, config.solarize_p, generator)
         out = _apply_to_rows(out, solar, lambda x, rows: solarize(x, config.solarize_threshold))
     return out.clamp_(0, 1)

@@ -13,10 +13,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Sampler
 
 from directclr.data import ImageFolderSplit
 from directclr.data.cache import manifest_cache
+from directclr.devices import resolve_workers
 
 
 class BatchSource(Protocol):
@@ -138,6 +139,19 @@ def _read_ahead(read: Callable, items: Iterable, depth: int = 2) -> Iterator:
             yield done
 
 
+class _Rows(Sampler[int]):
+    """The rows of the current epoch, set before each epoch (read in this process only)."""
+
+    def __init__(self) -> None:
+        self.rows: list[int] = []
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
 class FolderBatches(_Batches):
     """Batches of an image-folder manifest: rows of its decoded-image cache when data_prep
     made one, else files decoded and resized in DataLoader workers.
@@ -156,7 +170,7 @@ class FolderBatches(_Batches):
         split: str,
         batch_size: int,
         seed: int,
-        num_workers: int = 2,
+        num_workers: int | str = "auto",
     ) -> None:
         self.manifest, self.split = manifest, split
         self.num_images = len(manifest[f"{split}_paths"])
@@ -167,6 +181,8 @@ class FolderBatches(_Batches):
         self.device = torch.device("cpu")
         self.num_workers = num_workers
         self.cache = manifest_cache(manifest)
+        self._loader: DataLoader | None = None
+        self._order = _Rows()
 
     def spec(self) -> dict[str, Any]:
         """Everything needed to rebuild this source in another process (weights-only)."""
@@ -176,6 +192,7 @@ class FolderBatches(_Batches):
 
     def to(self, device: torch.device | str) -> FolderBatches:
         self.device = torch.device(device)
+        self._loader = None  # whether batches are pinned depends on the device
         return self
 
     def epoch(
@@ -201,14 +218,26 @@ class FolderBatches(_Batches):
                 yield (images.to(self.device, non_blocking=pin),
                        batch_labels.to(self.device, non_blocking=pin))  # fmt: skip
             return
-        loader = DataLoader(
-            Subset(ImageFolderSplit(self.manifest, self.split), mine.tolist()),
-            batch_size=share,
-            num_workers=self.num_workers,
-            pin_memory=pin,
-        )
-        for images, labels in loader:
+        self._order.rows = mine.tolist()
+        for images, labels in self._decoding_loader(share, world, pin):
             yield images.to(self.device, non_blocking=pin), labels.to(self.device, non_blocking=pin)
+
+    def _decoding_loader(self, share: int, world: int, pin: bool) -> DataLoader:
+        """One DataLoader for the whole run: its workers stay up between epochs (no start-up
+        at each epoch) and keep a few batches decoded ahead; each epoch's rows come from the
+        sampler, set before the epoch starts."""
+        if self._loader is None:
+            workers = resolve_workers(self.num_workers, world)
+            self._loader = DataLoader(
+                ImageFolderSplit(self.manifest, self.split),
+                batch_size=share,
+                sampler=self._order,
+                num_workers=workers,
+                pin_memory=pin,
+                persistent_workers=workers > 0,
+                prefetch_factor=4 if workers > 0 else None,
+            )
+        return self._loader
 
     def probe_batch(self, size: int, seed: int) -> torch.Tensor:
         dataset = ImageFolderSplit(self.manifest, self.split)
@@ -235,7 +264,7 @@ class FolderBatches(_Batches):
 
 
 def training_batches(
-    dataset: dict[str, Any], batch_size: int, seed: int, num_workers: int = 2
+    dataset: dict[str, Any], batch_size: int, seed: int, num_workers: int | str = "auto"
 ) -> BatchSource:
     """The pretraining data of a data_prep artifact: its train split, plus STL-10's
     unlabeled split when present; an image folder streams from disk (its cache, or files)."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Annotated
+from typing import Annotated, Literal
 
 import torch
 from pydantic import AfterValidator, Field
@@ -116,6 +116,33 @@ DeviceSetting = Annotated[
     Field(description="auto (CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:1, mps"),
     AfterValidator(_check_device),
 ]
+
+
+def _check_workers(setting: int | str) -> int | str:
+    if isinstance(setting, int) and setting < 0:
+        raise ValueError(f"num_workers must be 0 or more, or auto; got {setting}")
+    return setting
+
+
 WorkersSetting = Annotated[
-    int, Field(ge=0, description="DataLoader workers decoding an image folder")
+    int | Literal["auto"],
+    Field(
+        description="DataLoader workers decoding an image folder; auto: this process's share "
+        "of the CPUs it may use (divided among a job's processes on this machine), at most 8"
+    ),
+    AfterValidator(_check_workers),
 ]
+
+
+def resolve_workers(setting: int | str, processes: int | None = None) -> int:
+    """The DataLoader workers a ``num_workers`` setting means in this process: a number as it
+    is; ``auto`` the CPUs this process may use, shared among ``processes`` processes of a
+    job on this machine (default: torchrun's ``LOCAL_WORLD_SIZE``, else 1), between 1 and 8
+    (decoding gains little beyond 8 workers while each holds its own copy of the dataset
+    object)."""
+    if setting != "auto":
+        return int(setting)
+    # sched_getaffinity: the CPUs this process may run on (a container's share); not on macOS
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    local = processes or int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(1, min(8, (cpus or 1) // max(1, local)))

@@ -182,7 +182,8 @@ def encode(
     device: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Representations r and embeddings z with the frozen model, of uint8 ``images`` (a
-    tensor, cut into batches of ``batch_size``, or any iterable of uint8 batches).
+    tensor, cut into batches of ``batch_size``, or any iterable of batches: uint8, or float
+    in [0, 1] such as augmented views).
 
     On CUDA the model runs channels_last, under bf16 autocast where ``precision: auto``
     would use it there (:func:`~directclr.devices.use_bf16`), with batches copied in from
@@ -204,7 +205,8 @@ def encode(
     for batch in images:
         if cuda and batch.device.type == "cpu":
             batch = batch.pin_memory().to(target, non_blocking=True)
-        x = batch.to(target).float() / 255
+        x = batch.to(target)
+        x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
         if cuda:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast:

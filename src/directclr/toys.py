@@ -173,12 +173,20 @@ def toy_spectrum(z: torch.Tensor, config: ToyTraining) -> np.ndarray:
     return np.clip(torch.linalg.eigvalsh(covariance).numpy()[::-1].copy(), 0.0, None)
 
 
+# The toys train in float32; their spectra are computed in float64. What limits the smallest
+# eigenvalue that can be told from zero is then the float32 rounding of the vectors (or
+# weights) themselves: a relative error of eps32 in every entry adds about eps32^2 of the
+# largest eigenvalue (squared singular value) in every direction, so the noise floor is
+# lambda_max * d * eps32^2 (about 1e-14 of lambda_max), not float64's.
+FLOAT32_SQUARED_EPS = float(np.finfo(np.float32).eps) ** 2
+
+
 def _collapsed(values: np.ndarray, n_samples: int, config: ToyTraining) -> int:
     """How many of ``values`` (descending) have collapsed, by the project's one convention
     (:func:`directclr.analysis.collapsed_dimensions`): numerically zero, or below the
     deepest cliff of the log spectrum."""
     lam = np.asarray(values, dtype=np.float64)
-    spectrum = Spectrum(lam, lam, n_samples)
+    spectrum = Spectrum(lam, lam, n_samples, eps=FLOAT32_SQUARED_EPS)
     return collapsed_dimensions(spectrum, config.cliff_decades, config.cliff_slope)
 
 

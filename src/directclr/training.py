@@ -103,7 +103,7 @@ class PretrainingConfig(ModelConfig):
     checkpoint_every: int = Field(1, ge=1, description="epochs between checkpoints")
     resume: bool = Field(True, description="continue from this run's checkpoint if there is one")
     progress_every: int = Field(20, ge=1, description="steps between progress-bar updates")
-    num_workers: WorkersSetting = 2
+    num_workers: WorkersSetting = "auto"
     devices: int = Field(
         1, ge=1, description="processes to train on (one per GPU; gloo on CPU); torchrun overrides"
     )
@@ -202,8 +202,8 @@ def run_key(
 ) -> str:
     """A name for a run: a hash of its settings (less execution-only ones), its data, the
     number of processes (each process draws its own augmentations), the type of device it
-    computes on (the augmentation generator and the numerics are the device's: a CUDA run
-    cannot continue a CPU checkpoint) and whether it computes in bf16 autocast (what
+    computes on (the numerics are the device's: a CUDA run does not continue a CPU
+    checkpoint) and whether it computes in bf16 autocast (what
     ``precision`` resolved to on that device, :func:`~directclr.devices.use_bf16`)."""
     h = hashlib.sha256()
     settings = config.model_dump(mode="json", exclude=EXECUTION_SETTINGS)
@@ -350,7 +350,7 @@ def lidar_metrics(
     model in eval mode. The views come from a generator of their own, seeded with ``seed``
     at every call: every record sees the same views, and the training augmentations'
     generator is never touched."""
-    generator = torch.Generator(device=images.device).manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
     batch = augment(images.repeat_interleave(views, dim=0), view, generator)
     was_training = model.training
     model.eval()
@@ -553,7 +553,7 @@ def pretrain(
         ),  # fmt: skip
         probe_optimizer=torch.optim.AdamW(probe.parameters(), lr=config.probe_lr),
         source=source,
-        augment_rng=torch.Generator(device=device).manual_seed(config.seed + 1_000_003 * rank),
+        augment_rng=torch.Generator().manual_seed(config.seed + 1_000_003 * rank),
     )
     probe_images = source.probe_batch(min(source.num_images, 1024), config.seed + 1)
     lidar_images = probe_images[: config.lidar_samples] if config.lidar_samples >= 2 else None

@@ -51,7 +51,7 @@ class DataConfig(BaseModel):
     channels: Literal[1, 3, "auto"] = Field(
         "auto", description="1 (grey), 3 (RGB) or auto: the source's own, or the majority"
     )
-    num_workers: WorkersSetting = 2
+    num_workers: WorkersSetting = "auto"
     cache: bool = Field(
         True,
         description="image folder: keep the decoded images at image_size in a uint8 array "

@@ -37,6 +37,7 @@ from directclr.data.config import (
     split_indices,
 )
 from directclr.data.pixels import _fit, _mean_std
+from directclr.devices import resolve_workers
 
 logger = logging.getLogger(__name__)
 
@@ -259,13 +260,13 @@ def prepare_image_folder(config: DataConfig) -> tuple[dict[str, Any], dict[str, 
     selected = [
         (split, *parts[part][row]) for split, (part, rows) in splits.items() for row in rows
     ]
-    writer = None
+    writer, workers = None, resolve_workers(config.num_workers)
     if not config.cache:
         cache = None
-        kept, skipped = _scan(root, selected, size, config.num_workers)
+        kept, skipped = _scan(root, selected, size, workers)
     else:
         paths = [path for _, path, _ in selected]
-        hashes = hash_files(root, paths, config.num_workers)
+        hashes = hash_files(root, paths, workers)
         key, rows = cache_key(paths, hashes, size, config.channels), cache_rows(paths)
         cache = ImageCache.open(Path(config.cache_dir) / key, key)
         if cache is not None:
@@ -280,7 +281,7 @@ def prepare_image_folder(config: DataConfig) -> tuple[dict[str, Any], dict[str, 
             writer = CacheWriter(Path(config.cache_dir), key, len(paths), size)
     try:
         if writer is not None:
-            kept, skipped = _scan(root, selected, size, config.num_workers, writer, rows, hashes)
+            kept, skipped = _scan(root, selected, size, workers, writer, rows, hashes)
         manifest, card = _describe(
             config, root, size, layout, splits, selected, kept, skipped, cache
         )

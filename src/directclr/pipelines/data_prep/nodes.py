@@ -12,11 +12,12 @@ def prepare_dataset(params: DataConfig) -> tuple[dict, dict]:
     """Load the configured source, split it, and describe it in a dataset card.
 
     In-memory sources give uint8 image tensors; an image folder gives a manifest of paths.
-    Under torchrun with ``download: true``, rank 0 downloads (and prepares) first and the
-    other ranks wait for it, then prepare from the files it wrote: no two processes write
-    the same file.
+    Under torchrun, work that writes shared files (a download, or an image folder's decoded
+    cache) is done by rank 0 first while the other ranks wait; they then prepare from the
+    files it wrote (the downloaded files, the complete cache): no two processes write the
+    same file, and the folder is decoded once.
     """
-    if params.download:
+    if params.download or (params.source == "image_folder" and params.cache):
         dataset, card = rank_zero_first(lambda: prepare(params))
     else:
         dataset, card = prepare(params)

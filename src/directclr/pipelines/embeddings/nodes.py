@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from directclr.augment import TwoViewAugmentation, ViewAugmentation, augment
 from directclr.data import iterate_batches
-from directclr.devices import DeviceSetting, WorkersSetting, resolve_device
+from directclr.devices import DeviceSetting, WorkersSetting, resolve_device, resolve_workers
 from directclr.models import ContrastiveModel, encode, model_from_artifact
 
 logger = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ class EmbeddingsConfig(BaseModel):
 
     batch_size: int = Field(1024, ge=1)
     device: DeviceSetting = "auto"
-    num_workers: WorkersSetting = 2
+    num_workers: WorkersSetting = "auto"
     lidar: LidarViewsConfig = LidarViewsConfig()
 
 
@@ -49,7 +49,9 @@ def split_images(dataset: dict, split: str, params: EmbeddingsConfig):
     manifest order (rows of its decoded-image cache, or files decoded in DataLoader workers)."""
     if dataset.get("kind") != "manifest":
         return dataset[f"{split}_images"]
-    batches = iterate_batches(dataset, split, params.batch_size, num_workers=params.num_workers)
+    batches = iterate_batches(
+        dataset, split, params.batch_size, num_workers=resolve_workers(params.num_workers)
+    )
     return (images for images, _ in batches)
 
 
@@ -86,21 +88,21 @@ def encode_views(
     device: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """r and z of ``views`` augmented views of each uint8 image, shaped (n, views, d), with
-    the frozen model. The views are drawn on the model's device from one generator seeded
-    with ``seed``, about ``batch_size`` views at a time: the same settings give the same
-    views."""
+    the frozen model, about ``batch_size`` views at a time, computed as
+    :func:`~directclr.models.encode` computes (on CUDA: channels_last, bf16 where ``auto``
+    uses it, copies out without waiting). The views' parameters come from one CPU generator
+    seeded with ``seed``: the same settings give the same views, on every device."""
     target = resolve_device(device)
-    model = model.to(target).eval()
-    generator = torch.Generator(device=target).manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
     per_batch = max(1, batch_size // views)
-    rs, zs = [], []
-    for chunk in images.split(per_batch):
-        batch = chunk.to(target).repeat_interleave(views, dim=0)
-        r, z = model(augment(batch, view, generator))
-        rs.append(r.float().cpu().reshape(len(chunk), views, -1))
-        zs.append(z.float().cpu().reshape(len(chunk), views, -1))
-    model.cpu()
-    return torch.cat(rs), torch.cat(zs)
+
+    def augmented() -> Iterator[torch.Tensor]:
+        for chunk in images.split(per_batch):
+            batch = chunk.to(target).repeat_interleave(views, dim=0)
+            yield augment(batch, view, generator)
+
+    r, z = encode(model, augmented(), device=device)
+    return r.reshape(len(images), views, -1), z.reshape(len(images), views, -1)
 
 
 def export_embeddings(model: dict, dataset: dict, params: EmbeddingsConfig) -> dict:
