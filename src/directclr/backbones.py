@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Literal, get_args
 
 import torch
-import torchvision
 from torch import nn
 
 Backbone = Literal["small_cnn", "resnet18", "resnet50"]
@@ -117,7 +116,11 @@ class ResNetBackbone(nn.Module):
         norm: str = "batch",
     ) -> None:
         super().__init__()
-        factory = {18: torchvision.models.resnet18, 50: torchvision.models.resnet50}[depth]
+        # Imported here: torchvision's models pull in torch._dynamo (seconds at start-up), which
+        # a run on SmallCNN, and every kedro command, would otherwise pay.
+        from torchvision.models import resnet18, resnet50
+
+        factory = {18: resnet18, 50: resnet50}[depth]
         net = factory(
             weights=None,
             zero_init_residual=zero_init_residual,
