@@ -140,10 +140,12 @@ def main() -> None:
     args = parser.parse_args()
     seeds = args.seeds or (2 if args.quick else 3)
 
-    bf16, why = resolve_precision("auto", torch.device("cpu"))
     quick_note = " (--quick: rough)" if args.quick else ""
-    print(f"precision: auto resolves to {'bf16 autocast' if bf16 else 'fp32'} here: {why}; "
-          f"{torch.get_num_threads()} torch threads{quick_note}")  # fmt: skip
+    print(f"{torch.get_num_threads()} torch threads{quick_note}")
+    for side in (8, 28):
+        bf16, why = resolve_precision("auto", torch.device("cpu"), side)
+        print(f"precision: auto resolves to {'bf16 autocast' if bf16 else 'fp32'} here for "
+              f"{side} px images: {why}")  # fmt: skip
 
     quick = {"epochs": 2, "warmup_epochs": 1, "width": 8} if args.quick else {}
     if args.only_sides:

@@ -27,12 +27,28 @@ def test_explicit_precisions_are_what_they_say():
 
 
 @pytest.mark.parametrize("native", [True, False])
-def test_auto_on_cpu_follows_the_cpus_bf16_support(monkeypatch, native):
+@pytest.mark.parametrize("side", [None, 8, 15, 16, 28, 224])
+def test_auto_on_cpu_is_bf16_with_native_support_and_images_large_enough(monkeypatch, native, side):
     monkeypatch.delenv(AUTO_PRECISION_ENV)
     monkeypatch.setattr(devices, "cpu_bf16_support", lambda: (native, "what the CPU says"))
-    bf16, why = resolve_precision("auto", CPU)
-    assert bf16 is (native and devices.CPU_BF16_AUTO)
+    bf16, why = resolve_precision("auto", CPU, side)
+    assert bf16 is (native and side is not None and side >= devices.CPU_BF16_MIN_SIDE)
     assert "what the CPU says" in why
+    if native:
+        assert (f"{side} px" if side else "unknown size") in why
+
+
+def test_training_resolves_auto_with_its_images_side(monkeypatch, digits):
+    # The 8x8 digits stay float32 under auto even on a CPU with native bf16; 16x16 do not.
+    monkeypatch.delenv(AUTO_PRECISION_ENV)
+    monkeypatch.setattr(devices, "cpu_bf16_support", lambda: (True, "native"))
+    monkeypatch.setattr(training, "resolve_precision", lambda *a: seen.append(a) or (False, ""))
+    seen = []
+    images, labels = digits[0]["train_images"][:64], digits[0]["train_labels"][:64]
+    config = PretrainingConfig(width=4, d0=8, epochs=1, batch_size=64, warmup_epochs=0,
+                               device="cpu", rank_every=1)  # fmt: skip
+    pretrain(images, labels, config, torch.zeros(1), torch.ones(1))
+    assert seen == [("auto", CPU, 8)]
 
 
 def test_auto_is_fp32_on_other_devices(monkeypatch):

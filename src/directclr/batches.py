@@ -25,6 +25,7 @@ class BatchSource(Protocol):
 
     num_images: int
     channels: int
+    image_side: int  # the shorter side of the training images, in pixels
     num_classes: int
     batch_size: int
 
@@ -76,6 +77,7 @@ class TensorBatches(_Batches):
             raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} "
                              f"{tuple(images.shape)}")  # fmt: skip
         self.num_images, self.channels = images.shape[0], images.shape[1]
+        self.image_side = min(images.shape[2], images.shape[3])
         labelled = labels[labels >= 0]
         self.num_classes = int(labelled.max()) + 1 if len(labelled) else 1
         self.batch_size = batch_size
@@ -175,6 +177,7 @@ class FolderBatches(_Batches):
         self.manifest, self.split = manifest, split
         self.num_images = len(manifest[f"{split}_paths"])
         self.channels = int(manifest["channels"])
+        self.image_side = int(manifest["image_size"])
         self.num_classes = len(manifest["classes"])
         self.batch_size = batch_size
         self.seed = seed

@@ -30,13 +30,14 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-# What ``precision: auto`` resolves to on a CPU with native bf16 (avx512_bf16 or AMX): fp32.
-# benchmarks/precision.py found bf16 autocast keeps the linear probe on r within the seed
-# spread over 3 seeds on the digits (bf16 - fp32 +0.0009 +- 0.0016) and on
-# benchmarks/peer.py's 28x28 images (-0.0008 +- 0.0008), and trains 1.44x faster at 28x28,
-# but 0.93x on the 8x8 digits of the default run, whose documented results are fp32. So CPUs
-# stay fp32 under auto; `precision: bf16` is the fast path for larger images on such a CPU.
-CPU_BF16_AUTO = False
+# On a CPU with native bf16 (avx512_bf16 or AMX), ``precision: auto`` is bf16 autocast for
+# images of at least this many pixels a side, fp32 below. benchmarks/precision.py found bf16
+# keeps the linear probe on r within the seed spread over 3 seeds on the 8x8 digits (bf16 -
+# fp32 +0.0009 +- 0.0016) and on benchmarks/peer.py's 28x28 images (-0.0008 +- 0.0008); it
+# trained the 28x28 images 1.44x faster but the 8x8 digits of the default run 0.93x (the
+# convolutions on 8x8 maps are too small for bf16 to pay). 16 lies between the two measured
+# sides; the benchmark's speed-by-side table is what would move it.
+CPU_BF16_MIN_SIDE = 16
 # Overrides what ``precision: auto`` resolves to, on every device: ``fp32`` or ``bf16``. The
 # tests set ``fp32``, so that they stay deterministic whatever CPU runs them.
 AUTO_PRECISION_ENV = "DIRECTCLR_AUTO_PRECISION"
@@ -64,11 +65,15 @@ def cpu_bf16_support() -> tuple[bool, str]:
     return False, "this CPU has no native bf16 (neither avx512_bf16 nor amx_bf16)"
 
 
-def resolve_precision(precision: str, device: torch.device) -> tuple[bool, str]:
+def resolve_precision(
+    precision: str, device: torch.device, image_side: int | None = None
+) -> tuple[bool, str]:
     """Whether a run on ``device`` computes its forward and backward under bf16 autocast, and
     why. ``fp32`` and ``bf16`` are what they say; ``auto`` is bf16 on CUDA GPUs that support
-    it and on CPUs with native bf16 (detected at run time), fp32 elsewhere. The environment
-    variable ``DIRECTCLR_AUTO_PRECISION`` (``fp32`` or ``bf16``) overrides ``auto``.
+    it, and on CPUs with native bf16 (detected at run time) for images of at least
+    ``CPU_BF16_MIN_SIDE`` pixels a side (``image_side``; unknown counts as small); fp32
+    elsewhere. The environment variable ``DIRECTCLR_AUTO_PRECISION`` (``fp32`` or ``bf16``)
+    overrides ``auto``.
 
     Either way the loss, the online probe, the spectrum and exported embeddings are float32.
     """
@@ -91,17 +96,20 @@ def resolve_precision(precision: str, device: torch.device) -> tuple[bool, str]:
         return False, "precision=auto on a CUDA GPU without bf16"
     if device.type == "cpu":
         native, why = cpu_bf16_support()
-        if native and CPU_BF16_AUTO:
-            return True, f"precision=auto on CPU, and {why}"
-        if native:
-            return False, f"precision=auto on CPU: {why}, but auto keeps CPUs in fp32"
-        return False, f"precision=auto on CPU: {why}"
+        if not native:
+            return False, f"precision=auto on CPU: {why}"
+        if image_side is not None and image_side >= CPU_BF16_MIN_SIDE:
+            return True, (f"precision=auto on CPU: {why}, and the images are {image_side} px "
+                          f"(bf16 from {CPU_BF16_MIN_SIDE} px)")  # fmt: skip
+        size = "of unknown size" if image_side is None else f"{image_side} px, below"
+        return False, (f"precision=auto on CPU: {why}, but the images are {size} "
+                       f"{CPU_BF16_MIN_SIDE} px (bf16 was slower on small ones)")  # fmt: skip
     return False, f"precision=auto on {device.type}: fp32"
 
 
-def use_bf16(precision: str, device: torch.device) -> bool:
+def use_bf16(precision: str, device: torch.device, image_side: int | None = None) -> bool:
     """Whether a run computes under bf16 autocast: :func:`resolve_precision` without the why."""
-    return resolve_precision(precision, device)[0]
+    return resolve_precision(precision, device, image_side)[0]
 
 
 def _check_device(name: str) -> str:

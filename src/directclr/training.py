@@ -35,7 +35,7 @@ from directclr.analysis import Spectrum, embedding_spectrum, lidar, spectrum_met
 from directclr.augment import TwoViewAugmentation, ViewAugmentation, augment
 from directclr.batches import BatchSource, TensorBatches, source_from_spec
 from directclr.checkpoints import CheckpointStore
-from directclr.devices import DeviceSetting, WorkersSetting, resolve_device, use_bf16
+from directclr.devices import DeviceSetting, WorkersSetting, resolve_device, resolve_precision
 from directclr.distributed import (
     all_gather_objects,
     all_max,
@@ -85,8 +85,9 @@ class PretrainingConfig(ModelConfig):
     device: DeviceSetting = "auto"
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto",
-        description="auto: bf16 autocast on CUDA GPUs and CPUs (avx512_bf16, AMX) that support "
-        "it, else fp32; the loss, online probe and spectrum are float32 either way",
+        description="auto: bf16 autocast on CUDA GPUs that support it, and on CPUs with native "
+        "bf16 (avx512_bf16, AMX) for images of 16 px a side or more; else fp32. The loss, "
+        "online probe and spectrum are float32 either way",
     )
     augmentation: TwoViewAugmentation = TwoViewAugmentation()
     probe_lr: float = Field(1e-2, gt=0, description="learning rate of the online linear probe")
@@ -523,7 +524,10 @@ def pretrain(
     # channels_last: faster convolutions on CUDA, and 1.4-1.8x on CPU (oneDNN) for SmallCNN.
     channels_last = device.type in ("cuda", "cpu")
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    bf16 = use_bf16(config.precision, device)
+    bf16, why = resolve_precision(config.precision, device, source.image_side)
+    if rank == 0:
+        logger.info("pretraining: %s on %s (%s)", "bf16 autocast" if bf16 else "float32",
+                    device, why)  # fmt: skip
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
 
     model = build_model(config, source.channels, mean, std, config.seed)
