@@ -152,8 +152,9 @@ def test_auto_workers_share_the_cpus_this_process_may_use(monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(12)), raising=False)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     assert resolve_workers("auto") == 8  # at most 8
-    assert resolve_workers("auto", processes=4) == 3
-    monkeypatch.setenv("LOCAL_WORLD_SIZE", "16")  # torchrun's processes on this machine
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # torchrun's processes on this machine
+    assert resolve_workers("auto") == 3
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "16")
     assert resolve_workers("auto") == 1  # never 0: decoding stays out of the training loop
     assert resolve_workers(0) == 0 and resolve_workers(5) == 5
     assert DataConfig().num_workers == "auto"

@@ -222,15 +222,15 @@ class FolderBatches(_Batches):
                        batch_labels.to(self.device, non_blocking=pin))  # fmt: skip
             return
         self._order.rows = mine.tolist()
-        for images, labels in self._decoding_loader(share, world, pin):
+        for images, labels in self._decoding_loader(share, pin):
             yield images.to(self.device, non_blocking=pin), labels.to(self.device, non_blocking=pin)
 
-    def _decoding_loader(self, share: int, world: int, pin: bool) -> DataLoader:
+    def _decoding_loader(self, share: int, pin: bool) -> DataLoader:
         """One DataLoader for the whole run: its workers stay up between epochs (no start-up
         at each epoch) and keep a few batches decoded ahead; each epoch's rows come from the
         sampler, set before the epoch starts."""
         if self._loader is None:
-            workers = resolve_workers(self.num_workers, world)
+            workers = resolve_workers(self.num_workers)
             self._loader = DataLoader(
                 ImageFolderSplit(self.manifest, self.split),
                 batch_size=share,

@@ -107,9 +107,9 @@ def resolve_precision(
     return False, f"precision=auto on {device.type}: fp32"
 
 
-def use_bf16(precision: str, device: torch.device, image_side: int | None = None) -> bool:
+def use_bf16(precision: str, device: torch.device) -> bool:
     """Whether a run computes under bf16 autocast: :func:`resolve_precision` without the why."""
-    return resolve_precision(precision, device, image_side)[0]
+    return resolve_precision(precision, device)[0]
 
 
 def _check_device(name: str) -> str:
@@ -126,31 +126,24 @@ DeviceSetting = Annotated[
 ]
 
 
-def _check_workers(setting: int | str) -> int | str:
-    if isinstance(setting, int) and setting < 0:
-        raise ValueError(f"num_workers must be 0 or more, or auto; got {setting}")
-    return setting
-
-
 WorkersSetting = Annotated[
-    int | Literal["auto"],
+    Annotated[int, Field(ge=0)] | Literal["auto"],
     Field(
         description="DataLoader workers decoding an image folder; auto: this process's share "
         "of the CPUs it may use (divided among a job's processes on this machine), at most 8"
     ),
-    AfterValidator(_check_workers),
 ]
 
 
-def resolve_workers(setting: int | str, processes: int | None = None) -> int:
+def resolve_workers(setting: int | str) -> int:
     """The DataLoader workers a ``num_workers`` setting means in this process: a number as it
-    is; ``auto`` the CPUs this process may use, shared among ``processes`` processes of a
-    job on this machine (default: torchrun's ``LOCAL_WORLD_SIZE``, else 1), between 1 and 8
+    is; ``auto`` the CPUs this process may use, shared among the ``LOCAL_WORLD_SIZE``
+    processes of a job on this machine (set by torchrun and ``devices: N``), between 1 and 8
     (decoding gains little beyond 8 workers while each holds its own copy of the dataset
     object)."""
     if setting != "auto":
         return int(setting)
     # sched_getaffinity: the CPUs this process may run on (a container's share); not on macOS
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    local = processes or int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     return max(1, min(8, (cpus or 1) // max(1, local)))
