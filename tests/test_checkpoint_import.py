@@ -12,6 +12,7 @@ import torchvision
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 from kedro.validation.exceptions import ParameterValidationError
+from pydantic import ValidationError
 from torch import nn
 
 from directclr.checkpoint_import import (
@@ -253,6 +254,20 @@ def test_files_that_do_not_fit_name_the_keys_and_the_setting_to_change():
     with pytest.raises(ValueError, match="unexpected keys: encoder.conv1.weight.*entries: encoder"):
         convert_checkpoint({f"encoder.{k}": v for k, v in resnet18.items()},
                            EncoderConfig(backbone="resnet18"), SETTINGS)  # fmt: skip
+
+
+def test_the_architecture_settings_mean_what_a_trained_models_do():
+    imported, trained = EncoderConfig(), ModelConfig(method="no_projector")
+    for name in ("width", "norm", "stem", "d0"):
+        assert getattr(imported, name) == getattr(trained, name), name
+    for name, wrong in (("width", 0), ("norm", "layer"), ("stem", "vit"), ("d0", 0)):
+        with pytest.raises(ValidationError) as imported_error:
+            EncoderConfig(**{name: wrong})
+        with pytest.raises(ValidationError) as trained_error:
+            ModelConfig(method="directclr", **{name: wrong})
+        assert imported_error.value.errors()[0]["msg"] == trained_error.value.errors()[0]["msg"]
+    # The one default of its own: the encoders brought to analyze are mostly ResNet-50s.
+    assert (imported.backbone, trained.backbone) == ("resnet50", "small_cnn")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,14 +22,14 @@ from kedro.io.core import DatasetError
 from safetensors.torch import save_file
 from torch import nn
 
-from directclr.checkpoint_import import EncoderConfig, convert_checkpoint, resnet_from_sequential
-from directclr.checkpoints import (
-    RefusedFileError,
-    RefusedObjectError,
+from directclr.checkpoint_import import (
+    EncoderConfig,
     UnreadableObject,
+    convert_checkpoint,
     load_with_placeholders,
-    safe_load,
+    resnet_from_sequential,
 )
+from directclr.checkpoints import RefusedFileError, RefusedObjectError, safe_load
 from directclr.framework.datasets import EncoderCheckpointDataset, TorchDataset
 from tests.conftest import REPO
 from tests.test_checkpoint_import import (

@@ -201,7 +201,7 @@ def test_global_batch_norm_equals_batch_norm_over_the_global_batch(tmp_path):
 
 
 def _nan_from(steps_by_rank: dict, out_dir: str) -> None:
-    import directclr.training as training
+    import directclr.training.loop as training
     from directclr.losses import paper_info_nce
 
     rank = int(os.environ["RANK"])

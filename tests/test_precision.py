@@ -5,10 +5,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from directclr import devices, training
+from directclr import devices
 from directclr.devices import AUTO_PRECISION_ENV, cpu_bf16_support, resolve_precision, use_bf16
 from directclr.models import encode
 from directclr.training import PretrainingConfig, pretrain
+from directclr.training import loop as training
 
 CPU = torch.device("cpu")
 

@@ -22,16 +22,17 @@ CHILD = textwrap.dedent(
     import sys, time
     import torch
     import directclr.training as training
+    import directclr.training.loop as loop
     from directclr.checkpoints import CheckpointStore
     from directclr.data import DataConfig, prepare
 
     settings, store_dir, out, slow = eval(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
     if slow == "slow":  # a long step, so the parent can kill it in the middle of an epoch
-        fast = training.augment
+        fast = loop.augment
         def augment(*args, **kwargs):
             time.sleep(0.1)
             return fast(*args, **kwargs)
-        training.augment = augment
+        loop.augment = augment
     dataset, card = prepare(DataConfig())
     config = training.PretrainingConfig(**settings)
     model, history, _ = training.pretrain(

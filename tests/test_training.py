@@ -78,7 +78,7 @@ def test_a_non_finite_loss_stops_the_run_naming_step_and_lr(digits, monkeypatch)
         loss = paper_info_nce(z1, z2, temperature, anchors)
         return loss * float("nan") if len(calls) > 5 else loss
 
-    monkeypatch.setattr("directclr.training.paper_info_nce", nan_from_step_5)
+    monkeypatch.setattr("directclr.training.loop.paper_info_nce", nan_from_step_5)
     # 4 steps per epoch: step 5 is the second step of epoch 2; lr there is known.
     expected_lr = learning_rate(5, 8, 4, 1e-3)
     with pytest.raises(FloatingPointError, match=rf"at step 5 \(epoch 2, lr {expected_lr:.3g}\)"):
@@ -170,7 +170,7 @@ def test_the_data_fingerprint_hashes_the_images_without_copying_them():
 
 
 def test_devices_n_hands_the_processes_a_file_not_the_images(digits, monkeypatch):
-    import directclr.training as training
+    import directclr.training.processes as training
 
     seen = []
 
@@ -187,4 +187,5 @@ def test_devices_n_hands_the_processes_a_file_not_the_images(digits, monkeypatch
     (args,) = seen
     assert isinstance(args[0], str)  # the job file's path
     assert not any(isinstance(arg, torch.Tensor) for arg in args)
-    assert not any(isinstance(v, torch.Tensor) for v in args[1].model_dump().values())
+    (settings,) = [arg for arg in args if isinstance(arg, PretrainingConfig)]
+    assert not any(isinstance(v, torch.Tensor) for v in settings.model_dump().values())

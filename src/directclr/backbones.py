@@ -2,7 +2,9 @@
 
 ``small_cnn`` for images of up to 32 px, torchvision's ``resnet18`` and ``resnet50`` (with a
 CIFAR stem as an option). :func:`representation_dim` knows the size of r before a backbone
-is built, so a config can be checked without building anything.
+is built, so a config can be checked without building anything; :func:`first_conv_key` and
+:func:`stem_kernel` say where a backbone's first convolution sits in its state dict and how
+wide its kernel is, so a checkpoint's input channels and stem can be read before building one.
 """
 
 from __future__ import annotations
@@ -68,6 +70,9 @@ class SmallCNN(nn.Module):
     rest of its batch).
     """
 
+    FIRST_CONV_KEY = "features.0.weight"  # the first block's convolution
+    KERNEL = 3  # of every convolution in ``features``
+
     def __init__(
         self,
         in_channels: int = 1,
@@ -79,7 +84,7 @@ class SmallCNN(nn.Module):
 
         def block(cin: int, cout: int) -> list[nn.Module]:
             return [
-                nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+                nn.Conv2d(cin, cout, self.KERNEL, padding=self.KERNEL // 2, bias=False),
                 norm_layer(norm, cout),
                 nn.ReLU(inplace=True),
             ]
@@ -107,6 +112,10 @@ class ResNetBackbone(nn.Module):
     as the identity (its last BN's scale at zero).
     """
 
+    FIRST_CONV_KEY = "net.conv1.weight"  # torchvision's stem convolution, inside ``net``
+    CIFAR_STEM_KERNEL = 3
+    IMAGENET_STEM_KERNEL = 7  # torchvision's
+
     def __init__(
         self,
         depth: int,
@@ -127,16 +136,49 @@ class ResNetBackbone(nn.Module):
             norm_layer=lambda channels: norm_layer(norm, channels),
         )
         if cifar_stem:
-            net.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
+            kernel = self.CIFAR_STEM_KERNEL
+            net.conv1 = nn.Conv2d(
+                in_channels, 64, kernel, stride=1, padding=kernel // 2, bias=False
+            )
             net.maxpool = nn.Identity()
         elif in_channels != 3:
-            net.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
+            kernel = self.IMAGENET_STEM_KERNEL
+            net.conv1 = nn.Conv2d(
+                in_channels, 64, kernel, stride=2, padding=kernel // 2, bias=False
+            )
         self.output_dim = net.fc.in_features
         net.fc = nn.Identity()
         self.net = net
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+
+def _uses_cifar_stem(name: str, stem: str) -> bool:
+    """``stem="auto"`` gives resnet18 the CIFAR stem and resnet50 the ImageNet one."""
+    return stem != "imagenet" if name == "resnet18" else stem == "cifar"
+
+
+def first_conv_key(name: str) -> str:
+    """The state-dict key of the first convolution's weight in backbone ``name`` as
+    :func:`build_backbone` builds it (its ``shape[1]`` is the number of input channels)."""
+    if name == "small_cnn":
+        return SmallCNN.FIRST_CONV_KEY
+    if name in ("resnet18", "resnet50"):
+        return ResNetBackbone.FIRST_CONV_KEY
+    raise ValueError(f"unknown backbone {name!r}; choose one of {BACKBONES}")
+
+
+def stem_kernel(name: str, stem: str = "auto") -> int:
+    """The kernel size of the first convolution of backbone ``name`` with ``stem``, known
+    before building it."""
+    if name == "small_cnn":
+        return SmallCNN.KERNEL
+    if name in ("resnet18", "resnet50"):
+        if _uses_cifar_stem(name, stem):
+            return ResNetBackbone.CIFAR_STEM_KERNEL
+        return ResNetBackbone.IMAGENET_STEM_KERNEL
+    raise ValueError(f"unknown backbone {name!r}; choose one of {BACKBONES}")
 
 
 def representation_dim(backbone: str, width: int) -> int:
@@ -166,8 +208,9 @@ def build_backbone(
     ImageNet ResNet-18)."""
     if name == "small_cnn":
         return SmallCNN(in_channels, width, norm, zero_init_residual)
+    cifar_stem = _uses_cifar_stem(name, stem)
     if name == "resnet18":
-        return ResNetBackbone(18, in_channels, stem != "imagenet", zero_init_residual, norm)
+        return ResNetBackbone(18, in_channels, cifar_stem, zero_init_residual, norm)
     if name == "resnet50":
-        return ResNetBackbone(50, in_channels, stem == "cifar", zero_init_residual, norm)
+        return ResNetBackbone(50, in_channels, cifar_stem, zero_init_residual, norm)
     raise ValueError(f"unknown backbone {name!r}; choose one of {BACKBONES}")

@@ -25,12 +25,8 @@ from kedro.io.core import (
     get_protocol_and_path,
 )
 
-from directclr.checkpoints import (
-    CheckpointStore,
-    RefusedFileError,
-    load_foreign_checkpoint,
-    safe_load,
-)
+from directclr.checkpoint_import import load_foreign_checkpoint
+from directclr.checkpoints import CheckpointStore, RefusedFileError, safe_load
 
 
 class TorchDataset(AbstractVersionedDataset[Any, Any]):
@@ -102,7 +98,7 @@ class EncoderCheckpointDataset(TorchDataset):
     ``.safetensors`` files are read as such; torch files weights-only, and when they also hold
     pickled Python objects (hyper-parameters of PyTorch Lightning or timm), with those objects
     replaced by inert placeholders that the import report lists
-    (:func:`~directclr.checkpoints.load_foreign_checkpoint`). Read-only: the file is the
+    (:func:`~directclr.checkpoint_import.load_foreign_checkpoint`). Read-only: the file is the
     user's, never written by a node.
     """
 

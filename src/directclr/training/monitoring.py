@@ -1,0 +1,301 @@
+"""Watching a pretraining run: the guards that stop it producing garbage, the label-free
+measures recorded each epoch (effective rank and its kin, LiDAR), the epoch's row of the
+history, and the progress bar and recorder that show it as it goes.
+
+Nothing here changes the model; every measure runs in eval mode without gradient and draws
+its augmented views from a generator of its own, so watching a run never changes its numbers.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from directclr.analysis import Spectrum, embedding_spectrum, lidar, spectrum_metrics
+from directclr.augment import ViewAugmentation, augment
+from directclr.distributed import all_max
+from directclr.models import ContrastiveModel
+from directclr.training.config import PretrainingConfig
+
+logger = logging.getLogger(__name__)
+
+# The label-free measures the history records every rank_every epochs, for r and for z.
+RANK_METRICS = ("effective_rank", "rankme", "nesum", "participation_ratio", "normalised_std")
+# Beside them: LiDAR of r and z on augmented views of a few probe images (lidar_metrics).
+LIDAR_COLUMNS = ("lidar_r", "lidar_z")
+
+# ---------------------------------------------------------------------------------------------
+# Guards: stop a run that produces garbage, keeping its last good checkpoint
+
+
+def first_non_finite(tensors: dict[str, torch.Tensor]) -> str | None:
+    """The name of the first floating-point tensor holding a NaN or an infinity, or None."""
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return name
+    return None
+
+
+def check_finite_state(model: nn.Module, probe: nn.Module, step: int, lr: float) -> None:
+    """Stop the run if any parameter or buffer (BatchNorm's running statistics included) is
+    no longer finite: such a model maps every image to the same or to no representation."""
+    for prefix, module in (("model", model), ("online probe", probe)):
+        bad = first_non_finite(module.state_dict())
+        if bad is not None:
+            raise FloatingPointError(
+                f"{prefix} tensor {bad} became non-finite by step {step} (lr {lr:.3g}); the last "
+                f"checkpoint is kept and this state is not saved. Lower lr, use adamw or lars, "
+                f"or set precision=fp32, then run again"
+            )
+
+
+def check_not_constant(r: torch.Tensor, step: int, lr: float) -> None:
+    """Stop the run if the representation of the fixed probe batch no longer varies: its total
+    variance below 1e-8 of its mean squared norm (or not finite) is a model that has collapsed
+    to a constant, whatever its loss says."""
+    r = r.double()
+    variance = float(r.var(0, unbiased=False).sum())
+    squared_norm = float((r * r).sum(1).mean())
+    if not math.isfinite(variance) or variance <= 1e-8 * squared_norm:
+        raise FloatingPointError(
+            f"the representation collapsed to a constant by step {step} (lr {lr:.3g}): its "
+            f"variance over the probe batch is {variance:.3g} against a mean squared norm of "
+            f"{squared_norm:.3g}; the last checkpoint is kept and this state is not saved. "
+            f"Lower lr or raise temperature, then run again"
+        )
+
+
+class NonFiniteWatch:
+    """Notes the first step of an epoch whose loss is not finite, on the device, with no
+    host sync; :meth:`check` (a sync, so called only every few steps) raises if any
+    process has seen one.
+
+    Across processes the earliest bad step wins: one all_reduce(MAX) of
+    ``total_steps - first_bad`` (0 where none).
+    """
+
+    def __init__(self, device: torch.device, total_steps: int) -> None:
+        self.total_steps = total_steps
+        self.first_bad = torch.full((), -1, device=device, dtype=torch.long)
+        self.lrs: dict[int, float] = {}
+
+    def update(self, step: int, loss: torch.Tensor, lr: float) -> None:
+        """Record step ``step``'s (detached) loss and learning rate."""
+        self.lrs[step] = lr
+        bad_now = (self.first_bad < 0) & ~torch.isfinite(loss)
+        self.first_bad = torch.where(bad_now, step, self.first_bad)
+
+    def check(self, epoch: int) -> None:
+        """Raise FloatingPointError naming the earliest non-finite step of any process."""
+        latest = torch.where(self.first_bad >= 0, self.total_steps - self.first_bad, 0)
+        flagged = int(all_max(latest))
+        if flagged:
+            bad = self.total_steps - flagged
+            raise FloatingPointError(
+                f"the loss became non-finite at step {bad} (epoch {epoch + 1}, lr "
+                f"{self.lrs[bad]:.3g}); the last checkpoint is kept. Lower lr, raise "
+                f"temperature or set precision=fp32, then run again"
+            )
+
+
+# ---------------------------------------------------------------------------------------------
+# Label-free measures of the representation, on a fixed batch of training images
+
+
+@torch.no_grad()
+def probe_representation(
+    model: ContrastiveModel, images: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """r and z (float32, on CPU) of uint8 ``images``, with the model in eval mode."""
+    was_training = model.training
+    model.eval()
+    r, z = model(images.float() / 255)
+    model.train(was_training)
+    return r.float().cpu(), z.float().cpu()
+
+
+def rank_metrics(spectrum: Spectrum, kind: str) -> dict[str, float]:
+    """:data:`RANK_METRICS` of one spectrum (as :func:`~directclr.analysis.spectrum_metrics`
+    computes them for the spectrum stage), named ``<metric>_<kind>``."""
+    metrics = spectrum_metrics(spectrum)
+    return {f"{metric}_{kind}": metrics[metric] for metric in RANK_METRICS}
+
+
+@torch.no_grad()
+def lidar_metrics(
+    model: ContrastiveModel, images: torch.Tensor, view: ViewAugmentation, views: int, seed: int
+) -> dict[str, float]:
+    """LiDAR (:func:`~directclr.analysis.lidar`) of r and z, with each of the uint8
+    ``images`` a class of ``views`` augmented views (``view``'s recipe), computed with the
+    model in eval mode. The views come from a generator of their own, seeded with ``seed``
+    at every call: every record sees the same views, and the training augmentations'
+    generator is never touched."""
+    generator = torch.Generator().manual_seed(seed)
+    batch = augment(images.repeat_interleave(views, dim=0), view, generator)
+    was_training = model.training
+    model.eval()
+    r, z = model(batch)
+    model.train(was_training)
+    n = len(images)
+    return {
+        "lidar_r": lidar(r.float().cpu().reshape(n, views, -1)),
+        "lidar_z": lidar(z.float().cpu().reshape(n, views, -1)),
+    }
+
+
+def spectrum_record(
+    probe_r: torch.Tensor, probe_z: torch.Tensor
+) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+    """The rank measures of r and z of the probe batch, and the covariance eigenvalues
+    behind them (what the spectrum history keeps)."""
+    spectrum_r = embedding_spectrum(probe_r.double())
+    spectrum_z = embedding_spectrum(probe_z.double())
+    metrics = rank_metrics(spectrum_r, "r") | rank_metrics(spectrum_z, "z")
+    eigenvalues = {
+        "r": torch.from_numpy(spectrum_r.eigenvalues),
+        "z": torch.from_numpy(spectrum_z.eigenvalues),
+    }
+    return metrics, eigenvalues
+
+
+def end_of_epoch_measures(
+    model: ContrastiveModel,
+    probe: nn.Module,
+    probe_images: torch.Tensor,
+    lidar_images: torch.Tensor | None,
+    config: PretrainingConfig,
+    epoch: int,
+    step: int,
+    lr: float,
+) -> tuple[dict[str, float], dict | None]:
+    """What the end of epoch ``epoch`` (1-based; at ``step``, learning rate ``lr``) checks and
+    measures: the guards (every tensor finite, the representation of the probe batch not
+    constant), then on a record epoch (every ``rank_every``, and the last) the rank measures
+    of r and z, LiDAR on ``lidar_images`` (None: no LiDAR) and the spectrum history's record.
+    Returns the measures for the epoch's row and the record (None on other epochs)."""
+    check_finite_state(model, probe, step, lr)
+    probe_r, probe_z = probe_representation(model, probe_images)
+    check_not_constant(probe_r, step, lr)
+    if epoch % config.rank_every and epoch != config.epochs:
+        return {}, None
+    measures, eigenvalues = spectrum_record(probe_r, probe_z)
+    if lidar_images is not None:
+        view = config.augmentation.view1
+        measures |= lidar_metrics(model, lidar_images, view, config.lidar_views, config.seed + 2)
+    return measures, {"epoch": epoch, "step": step, **eigenvalues}
+
+
+def spectrum_history(spectra: list[dict]) -> pd.DataFrame:
+    """Long-format table (epoch, step, vectors, index, eigenvalue) of recorded spectra."""
+    frames = [
+        pd.DataFrame({
+            "epoch": record["epoch"],
+            "step": record["step"],
+            "vectors": kind,
+            "index": np.arange(1, len(record[kind]) + 1),
+            "eigenvalue": record[kind].numpy(),
+        })
+        for record in spectra
+        for kind in ("r", "z")
+    ]  # fmt: skip
+    columns = ["epoch", "step", "vectors", "index", "eigenvalue"]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+
+
+# ---------------------------------------------------------------------------------------------
+# The history's row of an epoch
+
+
+def epoch_record(
+    epoch: int,
+    step: int,
+    loss_sum: float,
+    correct: float,
+    labelled: float,
+    lr: float,
+    steps: int,
+    images: int,
+    seconds: float,
+) -> dict[str, float]:
+    """An epoch's row of the training history, from its totals over every process: ``steps``
+    steps of every process summed into ``loss_sum``, ``images`` images in ``seconds``. The
+    rank and LiDAR columns are NaN until an epoch that measures them fills them in."""
+    return {
+        "epoch": epoch,
+        "step": step,
+        "loss": loss_sum / steps,
+        "lr": lr,
+        "online_probe_accuracy": correct / max(labelled, 1.0),
+        "images_per_s": images / seconds,
+        "seconds": seconds,
+        **{f"{metric}_{kind}": float("nan") for kind in ("r", "z") for metric in RANK_METRICS},
+        **dict.fromkeys(LIDAR_COLUMNS, float("nan")),
+    }
+
+
+def log_epoch(row: dict[str, float], epochs: int) -> None:
+    """One line per epoch in the run's log."""
+    logger.info(
+        "epoch %d/%d  loss %.4f  lr %.2e  online probe %.3f  %.0f img/s  erank r %.1f z %.1f",
+        row["epoch"], epochs, row["loss"], row["lr"], row["online_probe_accuracy"],
+        row["images_per_s"], row["effective_rank_r"], row["effective_rank_z"],
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# Showing the run as it goes
+
+
+class Progress:
+    """A progress bar (step, loss, images/s, time left) on a terminal; silent otherwise."""
+
+    def __init__(self, total: int, done: int, enabled: bool = True) -> None:
+        self.bar = None
+        if enabled and sys.stderr.isatty():
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                TextColumn,
+                TimeRemainingColumn,
+            )
+            from rich.progress import Progress as Bar
+
+            self.bar = Bar(
+                TextColumn("pretraining"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[status]}"), TimeRemainingColumn(), transient=True,
+            )  # fmt: skip
+            self.task = self.bar.add_task("", total=total, completed=done, status="")
+            self.bar.start()
+
+    def update(self, step: int, loss: float, images_per_s: float) -> None:
+        if self.bar is not None:
+            status = f"loss {loss:.4f}  {images_per_s:,.0f} img/s"
+            self.bar.update(self.task, completed=step, status=status)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+class Recorder(Protocol):
+    """Hears of a training run as it goes (:class:`directclr.tracking.RunRecorder`)."""
+
+    def start(self, key: str, history: list[dict[str, Any]]) -> Any: ...
+
+    def record(self, row: dict[str, Any]) -> None: ...
+
+
+def record(recorder: Recorder, row: dict[str, Any]) -> None:
+    """Pass an epoch's row on; a tracking store that fails mid-run costs its history
+    points, never the training run (the catalog's history keeps every row)."""
+    try:
+        recorder.record(row)
+    except Exception as error:  # noqa: BLE001 - any store or network failure
+        logger.warning("pretraining: epoch %s not tracked (%s)", row.get("epoch"), error)

@@ -1,0 +1,61 @@
+"""A run's settings: which ones name the run (its checkpoint's key), and which only say how
+it is executed."""
+
+import pytest
+from pydantic import Field
+
+from directclr.training import (
+    PretrainingConfig,
+    execution_setting,
+    execution_settings,
+    run_key,
+)
+
+
+def test_the_execution_only_settings_are_the_marked_fields():
+    assert execution_settings() == {
+        "device", "checkpoint_every", "resume", "progress_every", "num_workers", "devices",
+        "dist_timeout_s",
+    }  # fmt: skip
+
+
+def test_the_key_of_an_existing_checkpoint_is_unchanged():
+    # Keys computed by the release before the settings moved into their own module: a
+    # checkpoint filed under them must still be found, or a killed run would start afresh.
+    config = PretrainingConfig(epochs=20, width=4, d0=8, batch_size=64)
+    assert run_key(config, "data-abc", 1, "cpu", False) == "directclr-e1c7a280edc33f2f"
+    config = PretrainingConfig(
+        epochs=20, method="simclr", device="cpu", checkpoint_every=3, num_workers=2
+    )
+    assert run_key(config, "data-abc", 2, "cuda", True) == "simclr-840e0fc6a044b5f9"
+
+
+def test_a_new_execution_only_field_leaves_the_key_unchanged():
+    class WithExecutionOption(PretrainingConfig):
+        log_every: int = execution_setting(5, ge=1, description="how often to log")
+
+    class WithComputedOption(PretrainingConfig):
+        label_smoothing: float = Field(0.0, ge=0)
+
+    before = run_key(PretrainingConfig(epochs=20), "data")
+    assert run_key(WithExecutionOption(epochs=20), "data") == before
+    assert run_key(WithExecutionOption(epochs=20, log_every=50), "data") == before
+    # A setting that changes what is computed changes the key: an old checkpoint is not
+    # continued under settings it was not made with.
+    assert run_key(WithComputedOption(epochs=20), "data") != before
+
+
+@pytest.mark.parametrize("name", sorted(execution_settings()))
+def test_changing_an_execution_only_setting_keeps_the_key(name):
+    other = {
+        "device": "cpu", "checkpoint_every": 7, "resume": False, "progress_every": 3,
+        "num_workers": 1, "devices": 2, "dist_timeout_s": 30.0,
+    }[name]  # fmt: skip
+    assert run_key(PretrainingConfig(**{name: other}), "data") == run_key(
+        PretrainingConfig(), "data"
+    )
+
+
+def test_changing_a_computed_setting_changes_the_key():
+    assert run_key(PretrainingConfig(lr=2e-3), "data") != run_key(PretrainingConfig(), "data")
+    assert run_key(PretrainingConfig(), "data", bf16=True) != run_key(PretrainingConfig(), "data")
