@@ -16,8 +16,7 @@ import time
 
 import numpy as np
 
-from directclr.evaluation import linear_probe
-from directclr.pipelines.linear_eval.nodes import LinearEvalConfig
+from directclr.evaluation import LinearEvalConfig, linear_probe
 
 
 def features(n: int, dim: int, classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

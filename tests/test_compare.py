@@ -9,8 +9,9 @@ import pytest
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 
-from directclr.comparison import PAPER_COLUMN, summarise, summary_markdown
+from directclr.comparison import CONTROL, PAPER_COLUMN, compare, lookup, summarise, summary_markdown
 from directclr.pipeline_registry import comparison_layout, configured_comparisons
+from directclr.selection import SelectionConfig
 from directclr.tracking import NAMESPACE_TAG, PARENT_TAG
 from tests.conftest import REPO
 from tests.test_run import versions
@@ -223,3 +224,41 @@ def test_summary_marks_paired_differences_beyond_two_standard_errors():
         [0.801, 0.798, 0.8015]).std(ddof=1))  # fmt: skip
     text = summary_markdown(summary.reset_index(), "a")
     assert "-0.1000 ± 0.0000 (> 2 SE)" in text and "indicative" in text
+
+
+def test_lookup_reads_dotted_settings_of_plain_and_typed_sections():
+    params = {"compare": {"simclr": {"pretraining": {"temperature": 0.2}}},
+              "selection": SelectionConfig(seed=3)}  # fmt: skip
+    assert lookup(params, "compare.simclr.pretraining.temperature") == 0.2
+    assert lookup(params, "compare.simclr") == {"pretraining": {"temperature": 0.2}}
+    assert lookup(params, "compare.simclr.pretraining.lr") is None
+    assert lookup(params, "compare.simclr.pretraining.temperature.x") is None
+    assert lookup(params, "selection.seed") == 3  # a section Kedro has typed already
+
+
+def _artifacts(run: str, method: str, seed: int) -> tuple:
+    """What one run and seed writes for the comparison, with d0 = 4 of 8 dimensions."""
+    parts = {"r": 1, "z": 0, "r[:d0]": 0, "r[d0:]": 1}
+    spectrum_metrics = {"split": "train", "method": method, "d0": 4} | {
+        f"{name}_train": {"effective_rank": 3.0 + seed, "collapsed_dimensions": collapsed,
+                          "structural_zeros": 0, "dimensions": 8}
+        for name, collapsed in parts.items()
+    }  # fmt: skip
+    linear_eval = {"method": method, "d0": 4, "linear_probe_accuracy_r": 0.5 + seed / 10,
+                   "linear_probe_accuracy_z": 0.4, "probes": {"r[:d0]": {"top1": 0.3}}}  # fmt: skip
+    spectrum = pd.DataFrame({"vectors": ["r", "z"], "index": [1, 1], "eigenvalue": [0.5, 0.7]})
+    return run, seed, linear_eval, spectrum_metrics, spectrum, pd.DataFrame({"seconds": [2.0]})
+
+
+def test_a_comparisons_tables_come_from_its_runs_artifacts():
+    runs = [_artifacts(run, "directclr", seed) for run in ("directclr", CONTROL) for seed in (0, 1)]
+    per_seed, summary, spectra, by_d0 = compare(runs, reference="directclr")
+    assert per_seed[["run", "seed"]].values.tolist() == [["directclr", 0], ["directclr", 1],
+                                                         [CONTROL, 0], [CONTROL, 1]]  # fmt: skip
+    assert per_seed["linear_probe_top1_r_head"].tolist() == [0.3] * 4
+    assert summary["run"].tolist() == ["directclr", CONTROL]
+    assert summary["linear_probe_top1_r_mean"].tolist() == pytest.approx([0.55, 0.55])
+    assert len(spectra) == 8 and set(spectra.columns) >= {"run", "seed", "vectors"}
+    # Collapse against d0 is a question about training: the control is left out.
+    assert set(by_d0["run"]) == {"directclr"} and sorted(set(by_d0["seed"])) == [0, 1]
+    assert by_d0.set_index(["seed", "vectors"]).loc[(0, "r[d0:]"), "collapsed_dimensions"] == 1

@@ -1,8 +1,16 @@
 import numpy as np
 import pytest
+import torch
 
 from directclr.comparison import PAPER_COLUMN, comparison_row, to_markdown
-from directclr.evaluation import knn_accuracy, linear_probe
+from directclr.evaluation import (
+    LinearEvalConfig,
+    evaluate_embeddings,
+    evaluation_summary,
+    knn_accuracy,
+    linear_probe,
+)
+from directclr.models import ModelConfig
 
 
 def _blobs(n_per_class: int, classes: int, dim: int, spread: float, seed: int = 0):
@@ -54,6 +62,49 @@ def test_knn_votes_with_cosine_similarity():
     assert knn_accuracy(train, train_y, test, np.array([1, 0]), k=2) == 0.0
     x, y = _blobs(50, 4, 10, 1.0)
     assert knn_accuracy(x[:150], y[:150], x[150:], y[150:], k=5) == 1.0
+
+
+def _directclr_embeddings(d0: int = 4) -> dict:
+    """r of 12 dimensions whose head r[:, :d0] separates 3 classes and whose tail is noise;
+    z = r[:, :d0] as DirectCLR's."""
+    x, y = _blobs(40, 3, d0, 1.0, seed=4)
+    noise = np.random.default_rng(5).standard_normal((len(y), 12 - d0))
+    r = torch.from_numpy(np.hstack([x, noise])).float()
+    out = {}
+    for split, rows in (("train", slice(0, 90)), ("test", slice(90, None))):
+        out[f"{split}_r"], out[f"{split}_z"] = r[rows], r[rows, :d0].clone()
+        out[f"{split}_labels"] = torch.from_numpy(y[rows])
+    return out
+
+
+def test_the_stage_probes_r_z_directclrs_two_parts_and_raw_pixels():
+    embeddings = _directclr_embeddings()
+    pixels = {f"{split}_images": (embeddings[f"{split}_r"] * 10 + 128).clamp(0, 255).byte()
+              for split in ("train", "test")}  # fmt: skip
+    spectrum = {"split": "train", "r_train": {"effective_rank": 5.0, "dimensions": 12},
+                "z_train": {"effective_rank": 3.5, "dimensions": 4}}  # fmt: skip
+    params = LinearEvalConfig(C_grid=[1.0], knn_k=5)
+    config = ModelConfig(method="directclr", width=4, d0=4)
+    metrics, confusion = evaluate_embeddings(embeddings, pixels, config, spectrum, params)
+    probes = metrics["probes"]
+    assert list(probes) == ["r", "z", "r[:d0]", "r[d0:]", "raw_pixels"]
+    head = linear_probe(embeddings["train_r"][:, :4], embeddings["train_labels"],
+                        embeddings["test_r"][:, :4], embeddings["test_labels"], (1.0,))  # fmt: skip
+    assert probes["r[:d0]"]["top1"] == head.top1 == probes["z"]["top1"] == 1.0
+    assert probes["r[d0:]"]["top1"] < 0.7  # the tail is noise: about chance
+    assert metrics["linear_probe_accuracy_raw_pixels"] == probes["raw_pixels"]["top1"]
+    assert (metrics["method"], metrics["d0"], metrics["representation_dim"]) == ("directclr", 4, 12)
+    assert metrics["effective_rank_z"] == 3.5 and confusion.shape == (3, 3)
+    line = evaluation_summary(metrics)
+    assert ", r[:d0] 1.0000, r[d0:] " in line and line.endswith("of 12 (train split)")
+
+    simclr = ModelConfig(method="simclr", width=4, projector_hidden_dim=8, projector_dim=4)
+    params = LinearEvalConfig(C_grid=[1.0], knn_k=5, raw_pixels=False)
+    metrics, _ = evaluate_embeddings(embeddings, pixels, simclr, spectrum, params)
+    assert list(metrics["probes"]) == ["r", "z"] and metrics["d0"] is None
+    assert metrics["linear_probe_accuracy_raw_pixels"] is None
+    assert "r[:d0]" not in evaluation_summary(metrics)
+    assert "raw pixels -;" in evaluation_summary(metrics)
 
 
 def test_comparison_row_and_markdown():

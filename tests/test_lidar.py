@@ -14,14 +14,14 @@ from directclr.analysis import (
     lidar_eigenvalues,
     lidar_from_eigenvalues,
 )
-from directclr.models import build_model, model_artifact
-from directclr.pipelines.embeddings.nodes import (
+from directclr.export import (
     EmbeddingsConfig,
     LidarViewsConfig,
-    _keep_rows,
     export_embeddings,
+    keep_rows,
     lidar_indices,
 )
+from directclr.models import build_model, model_artifact
 from directclr.training import PretrainingConfig, pretrain
 
 
@@ -185,7 +185,7 @@ def test_rows_are_kept_as_image_folder_batches_stream_by():
     images = torch.arange(23 * 2).reshape(23, 2)
     indices = torch.tensor([0, 4, 5, 9, 22])
     kept = []
-    passed = list(_keep_rows(iter(images.split(5)), indices, kept))
+    passed = list(keep_rows(iter(images.split(5)), indices, kept))
     torch.testing.assert_close(torch.cat(passed), images)
     torch.testing.assert_close(torch.cat(kept), images[indices])
     assert lidar_indices(23, LidarViewsConfig(samples=30)).tolist() == list(range(23))

@@ -1,8 +1,23 @@
 import pytest
 import torch
 
-from directclr.models import ModelConfig, build_model, model_artifact, model_from_artifact
-from directclr.projectors import METHODS, build_projector, has_leading_subvector, uses_d0
+from directclr.models import (
+    ModelConfig,
+    artifact_precision,
+    build_model,
+    model_artifact,
+    model_from_artifact,
+)
+from directclr.projectors import (
+    HEAD,
+    METHODS,
+    TAIL,
+    build_projector,
+    has_leading_subvector,
+    leading_parts,
+    uses_d0,
+)
+from directclr.training import PretrainingConfig
 
 
 def _model(method, **kw):
@@ -52,6 +67,28 @@ def test_directclr_embedding_is_the_leading_subvector_of_r():
     r, z = model(torch.rand(5, 1, 8, 8))
     torch.testing.assert_close(z, r[:, :8])
     assert sum(p.numel() for p in model.projector.parameters()) == 0
+
+
+def test_directclrs_two_parts_of_r_are_split_in_one_place():
+    r = torch.arange(2 * 3 * 10.0).reshape(2, 3, 10)  # any leading shape: (n, q, d) views too
+    parts = leading_parts(r, "directclr", 4)
+    assert list(parts) == [HEAD, TAIL] == ["r[:d0]", "r[d0:]"]
+    torch.testing.assert_close(torch.cat([parts[HEAD], parts[TAIL]], dim=-1), r)
+    assert parts[HEAD].shape == (2, 3, 4) and parts[TAIL].shape == (2, 3, 6)
+    # Only z = r[:, :d0] has a head worth its name, and only a d0 short of r leaves a tail.
+    assert leading_parts(r, "fixed_low_rank", 4) == {}
+    assert leading_parts(r, "simclr", None) == {}
+    assert leading_parts(r, "directclr", 10) == {}
+
+
+def test_model_files_record_the_precision_their_run_trained_with():
+    settings = dict(width=4, d0=8, projector_hidden_dim=16, projector_dim=8)
+    model = build_model(ModelConfig(method="directclr", width=4, d0=8), 1, [0.5], [0.25])
+    trained = model_artifact(model, PretrainingConfig(**settings, precision="bf16"), 1)
+    assert trained["precision"] == "bf16" and artifact_precision(trained) == "bf16"
+    # A config without a precision (an imported encoder's) records none: it reads as auto.
+    imported = model_artifact(model, ModelConfig(method="directclr", width=4, d0=8), 1)
+    assert "precision" not in imported and artifact_precision(imported) == "auto"
 
 
 def test_fixed_low_rank_projector_is_fixed_and_keeps_inner_products_of_its_span():

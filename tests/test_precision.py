@@ -7,7 +7,8 @@ import torch
 
 from directclr import devices
 from directclr.devices import AUTO_PRECISION_ENV, cpu_bf16_support, resolve_precision, use_bf16
-from directclr.models import encode
+from directclr.export import EmbeddingsConfig, export_embeddings
+from directclr.models import build_model, encode, model_artifact, model_from_artifact
 from directclr.training import PretrainingConfig, pretrain
 from directclr.training import loop as training
 
@@ -102,3 +103,51 @@ def test_bf16_autocast_feeds_the_loss_float32_and_encodes_float32(digits, monkey
     r, z = encode(model, images, device="cpu")
     assert r.dtype == z.dtype == torch.float32
     assert spectra["eigenvalue"].dtype.kind == "f"
+
+
+def _frozen(card) -> torch.nn.Module:
+    config = PretrainingConfig(width=4, d0=8, projector_hidden_dim=16, projector_dim=8)
+    return build_model(config, 1, card["channel_mean"], card["channel_std"], seed=0).eval()
+
+
+@torch.no_grad()
+def _fp32_forward(model, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return model(images.float() / 255)
+
+
+def test_encode_computes_in_the_precision_it_is_given(digits):
+    """fp32 is the plain float32 forward, bit for bit; bf16 autocast (which runs on any CPU)
+    moves the numbers, so the setting reaches the forward. r and z are float32 either way."""
+    dataset, card = digits
+    model, images = _frozen(card), dataset["test_images"]
+    r32, z32 = _fp32_forward(model, images)
+    r, z = encode(model, images, device="cpu", precision="fp32")
+    assert torch.equal(r, r32) and torch.equal(z, z32)
+    r, z = encode(model, images, device="cpu", precision="bf16")
+    assert r.dtype == z.dtype == torch.float32
+    assert not torch.equal(r, r32) and not torch.equal(z, z32)
+    torch.testing.assert_close(r, r32, rtol=0.05, atol=0.05)  # bf16 keeps about 3 digits
+
+
+@pytest.mark.parametrize(
+    ("trained", "auto", "float32"),
+    [("fp32", "bf16", True), ("bf16", "fp32", False), (None, "fp32", True), (None, "bf16", False)],
+)
+def test_the_export_computes_in_the_precision_the_model_trained_with(
+    digits, monkeypatch, trained, auto, float32
+):
+    """A model file records its run's precision, and the export uses it whatever ``auto``
+    would be here; a file without one (an imported encoder, an older file) reads as auto."""
+    dataset, card = digits
+    monkeypatch.setenv(AUTO_PRECISION_ENV, auto)
+    config = PretrainingConfig(width=4, d0=8, projector_hidden_dim=16, projector_dim=8,
+                               precision=trained or "auto")  # fmt: skip
+    artifact = model_artifact(_frozen(card), config, 1)
+    if trained is None:
+        del artifact["precision"]
+    assert artifact.get("precision") == trained
+    out = export_embeddings(artifact, dataset, EmbeddingsConfig(lidar={"samples": 0}))
+    r32, z32 = _fp32_forward(model_from_artifact(artifact), dataset["test_images"])
+    assert out["test_r"].dtype == out["test_z"].dtype == torch.float32
+    assert torch.equal(out["test_r"], r32) is float32
+    assert torch.equal(out["test_z"], z32) is float32

@@ -14,17 +14,20 @@ from scipy.stats import spearmanr
 
 from directclr.comparison import CONTROL, comparison_row
 from directclr.pipeline_registry import configured_comparisons, selection_comparisons
-from directclr.pipelines.selection.nodes import SelectionConfig, make_gather_runs, rank_runs
+from directclr.pipelines.selection.nodes import make_gather_runs, rank_runs
 from directclr.selection import (
     ALL,
     CONSTANT_METRIC,
     OK,
     TOO_FEW,
+    SelectionConfig,
     bootstrap_spearman,
+    catalog_runs,
     metric_columns,
     rank_metrics,
     rho_text,
     spearman,
+    tracked_runs,
 )
 from tests.conftest import REPO
 from tests.test_run import versions
@@ -140,7 +143,7 @@ def test_runs_are_gathered_with_their_comparison_namespace_and_temperature():
                           "method": ["directclr", "simclr", "simclr", "simclr"]})  # fmt: skip
     settings = {"seeds": [0, 1], CONTROL: {}, "a": {"pretraining": {"temperature": 0.5}},
                 "b": {"pretraining": {"method": "simclr"}}}  # fmt: skip
-    runs = make_gather_runs(["sw"])(table, None, {}, {"temperature": 0.1}, settings)
+    runs = catalog_runs({"sw": table}, {"sw": settings}, {"temperature": 0.1})
     assert runs.columns[:6].tolist() == ["comparison", "namespace", "run", "seed", "method",
                                          "temperature"]  # fmt: skip
     assert runs["namespace"].tolist()[1:3] == ["sw.a.seed_0", "sw.b.seed_1"]
@@ -162,16 +165,31 @@ def test_runs_from_the_tracking_store_count_each_finished_model_once():
         "temperature": [0.5, 0.5, 0.2, 0.1, 0.5, 0.1],
         "linear_probe_top1_r": [0.9, 0.8, 0.7, 0.6, 0.5, None],
     })  # fmt: skip
-    runs = make_gather_runs(["sw"])(pd.DataFrame(), tracked, {"source": "auto"}, {}, {})
+    runs = tracked_runs(tracked, ["sw"])
     assert runs["namespace"].tolist() == ["sw.a.seed_0", "sw.a.seed_0", "sw.random_init.seed_1"]
     assert runs["linear_probe_top1_r"].tolist() == [0.9, 0.7, 0.6]  # the newest of k1
     assert runs["run"].tolist() == ["a", "a", CONTROL] and runs["seed"].tolist() == [0, 0, 1]
     assert math.isnan(runs["temperature"].iloc[2])  # the control never trained
-    # Tracking off: the catalog's tables; asked for MLflow then, a clear refusal.
+
+
+def test_the_gather_node_reads_mlflow_when_tracking_is_on_else_the_tables():
+    """The node's named inputs: ``auto`` reads the tracking store when tracking is on (the
+    store's runs are not None), the catalog's tables when it is off; ``mlflow`` with
+    tracking off is a clear refusal."""
+    gather = make_gather_runs(["sw"])
     table = pd.DataFrame({"run": ["a"], "seed": [0], "method": ["simclr"]})
-    assert len(make_gather_runs(["sw"])(table, None, {"source": "auto"}, {}, {})) == 1
+    tracked = pd.DataFrame({
+        "namespace": ["sw.a.seed_0", "sw.b.seed_1"], "checkpoint_key": ["k1", "k2"],
+        "start_time": [1, 2], "linear_probe_top1_r": [0.9, 0.8],
+    })  # fmt: skip
+    inputs = {"recipe": {}, "sw_table": table, "sw_settings": {}}
+    auto = SelectionConfig(source="auto")
+    from_store = gather(tracked=tracked, params=auto, **inputs)
+    assert from_store["namespace"].tolist() == ["sw.b.seed_1", "sw.a.seed_0"]
+    assert len(gather(tracked=None, params=auto, **inputs)) == 1
+    assert len(gather(tracked=tracked, params=SelectionConfig(source="catalog"), **inputs)) == 1
     with pytest.raises(ValueError, match="tracking is off"):
-        make_gather_runs(["sw"])(table, None, {"source": "mlflow"}, {}, {})
+        gather(tracked=None, params=SelectionConfig(source="mlflow"), **inputs)
 
 
 def test_selection_reads_the_sweep_by_default():

@@ -1,4 +1,5 @@
-"""The spectrum stage's node and figures, on embeddings with a known structure."""
+"""The spectrum stage (directclr.collapse, and its node) and figures, on embeddings with a
+known structure."""
 
 import numpy as np
 import pandas as pd
@@ -7,7 +8,9 @@ import torch
 from matplotlib.collections import QuadMesh
 from pydantic import ValidationError
 
-from directclr.pipelines.spectrum.nodes import SpectrumConfig, compute_spectrum
+from directclr.collapse import SpectrumConfig, measure_collapse, spectra_figure
+from directclr.models import artifact_config
+from directclr.pipelines.spectrum.nodes import compute_spectrum
 from directclr.plots import alignment_figure, collapsed_vs_d0_figure, spectrum_history_figure
 
 D0, DIM, TAIL_RANK = 8, 32, 3
@@ -54,11 +57,15 @@ def _model(method: str) -> dict:
     return {"config": {"method": method, "d0": D0}, "state_dict": {}}
 
 
+def _measure(embeddings: dict, method: str, params: SpectrumConfig):
+    """The eigenvalue table, the metrics and the figure of the spectra."""
+    table, metrics = measure_collapse(embeddings, artifact_config(_model(method)), params)
+    return table, metrics, spectra_figure(table, metrics)
+
+
 @pytest.mark.parametrize("split", ["train", "test"])
 def test_directclr_spectra_show_that_the_rest_of_the_representation_collapses(split):
-    table, metrics, figure, history_figure = compute_spectrum(
-        _embeddings(), _model("directclr"), _history(), SpectrumConfig(split=split)
-    )
+    table, metrics, figure = _measure(_embeddings(), "directclr", SpectrumConfig(split=split))
     assert set(table["vectors"]) == {"r", "z", "r[:d0]", "r[d0:]"}
     assert set(table["split"]) == {split}  # one split, named by spectrum.split, everywhere
     assert metrics["split"] == split and not any(k.endswith("_val") for k in metrics)
@@ -92,6 +99,18 @@ def test_directclr_spectra_show_that_the_rest_of_the_representation_collapses(sp
     lines = figure.axes[0].get_legend_handles_labels()[1]
     assert lines == ["r (32-d)", "z (8-d)", "r[:d0] (8-d)", "r[d0:] (24-d)"]
     assert not any(text.get_text() == " N - 1" for text in figure.axes[0].texts)
+    assert figure.axes[0].get_title() == f"directclr: embedding spectrum ({split} split, N = {n})"
+
+
+def test_the_node_measures_with_the_model_files_method_and_draws_both_figures():
+    embeddings, params = _embeddings(), SpectrumConfig(split="test")
+    table, metrics, figure, history_figure = compute_spectrum(
+        embeddings, _model("directclr"), _history(), params
+    )
+    expected_table, expected_metrics, _ = _measure(embeddings, "directclr", params)
+    pd.testing.assert_frame_equal(table, expected_table)
+    assert metrics == expected_metrics and metrics["method"] == "directclr"
+    assert figure.axes[0].get_legend_handles_labels()[1][-1] == "r[d0:] (24-d)"
     titles = [ax.get_title() for ax in history_figure.axes if ax.get_title()]
     assert titles == ["vectors r", "vectors z"]
 
@@ -103,7 +122,7 @@ def test_other_methods_get_r_and_z_only_and_the_configured_metrics():
         embeddings["test_r"][:20],
         embeddings["test_z"][:20],
     )
-    table, metrics, figure, _ = compute_spectrum(embeddings, _model("simclr"), _history(), params)
+    table, metrics, figure = _measure(embeddings, "simclr", params)
     assert set(table["vectors"]) == {"r", "z"}
     assert set(metrics) >= {"r_test", "z_test"} and "r_train" not in metrics
     assert not any(key.startswith("r[") for key in metrics)
@@ -123,9 +142,7 @@ def test_other_methods_get_r_and_z_only_and_the_configured_metrics():
 
 def test_embeddings_without_views_report_no_lidar():
     embeddings = {k: v for k, v in _embeddings().items() if not k.startswith("lidar_")}
-    _, metrics, _, _ = compute_spectrum(
-        embeddings, _model("directclr"), _history(), SpectrumConfig()
-    )
+    _, metrics, _ = _measure(embeddings, "directclr", SpectrumConfig())
     assert metrics["r_train"]["lidar"] is None and metrics["r[d0:]_train"]["lidar_cap"] is None
     assert metrics["lidar_samples"] is None and metrics["lidar_convention"] is None
 
@@ -133,7 +150,9 @@ def test_embeddings_without_views_report_no_lidar():
 def test_a_missing_split_names_the_splits_not_the_lidar_views():
     embeddings = {k: v for k, v in _embeddings().items() if not k.startswith("test_")}
     with pytest.raises(ValueError, match=r"they have train\)"):
-        compute_spectrum(embeddings, _model("simclr"), _history(), SpectrumConfig(split="test"))
+        measure_collapse(
+            embeddings, artifact_config(_model("simclr")), SpectrumConfig(split="test")
+        )
 
 
 @pytest.mark.parametrize(

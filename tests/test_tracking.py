@@ -10,7 +10,8 @@ import pytest
 from mlflow.entities import RunStatus
 
 from directclr.framework.environment import TRACKING_SWITCH, tracking_enabled
-from directclr.framework.tracking import default_store, model_namespace
+from directclr.framework.tracking import default_store, recorded_sections
+from directclr.pipeline_registry import is_node, model_namespace
 from directclr.tracking import (
     CHECKPOINT_TAG,
     NAMESPACE_TAG,
@@ -76,9 +77,45 @@ def test_names_and_flattening():
     assert model_namespace("directclr.pretraining.pretrain_model") == "directclr"
     assert model_namespace("data_prep.prepare_dataset") is None
     assert model_namespace("compare.report.compare_runs") is None
+    assert is_node("compare.simclr.seed_0.pretraining.pretrain_model", "pretrain_model")
+    assert is_node("selection.gather_runs", "selection.gather_runs")
+    assert not is_node("directclr.pretraining.pretrain_model_again", "pretrain_model")
     assert metric_name("spectrum.r[:d0]_train.nesum") == "spectrum.r_head_train.nesum"
     assert metric_name("r[d0:] top-1 (x)") == "r_tail top-1 _x_"
     assert flatten({"a": {"b": 1, "c": [1, 2]}, "d": "x"}) == {"a.b": 1, "a.c": [1, 2], "d": "x"}
+
+
+def test_a_model_run_records_the_sections_its_stages_read():
+    shared = ["data_prep", "embeddings", "spectrum", "linear_eval"]
+    assert recorded_sections("compare.simclr.seed_0") == shared
+    assert recorded_sections("analyze") == [*shared, "analyze"]  # the imported encoder's
+
+
+def test_every_node_is_found_by_the_name_its_module_exports():
+    """The hooks find a node by the name its pipeline module exports, wherever the registry
+    put it (``is_node``): every node has one, and no two modules export the same."""
+    import pkgutil
+    from importlib import import_module
+
+    from directclr import pipeline_registry as registry
+    from directclr import pipelines as stages
+
+    exported = []
+    for stage in pkgutil.iter_modules(stages.__path__):
+        if stage.ispkg:
+            module = import_module(f"{stages.__name__}.{stage.name}.pipeline")
+            exported += [value for name, value in vars(module).items() if name.endswith("_NODE")]
+    short = [name.rpartition(".")[2] for name in exported]
+    assert len(short) == len(set(short))
+    pipelines = [
+        registry.comparison_pipeline("compare", ["random_init", "simclr"], [0, 1]),
+        registry.data_prep_pipeline() + registry.run_pipeline("analyze", registry.ANALYZE_STAGES),
+        stages.selection.create_pipeline(["compare"]),
+        stages.toy_strong_augmentation.create_pipeline(),
+        stages.toy_implicit_regularization.create_pipeline(),
+    ]
+    for node in (node for pipe in pipelines for node in pipe.nodes):
+        assert len([name for name in exported if is_node(node.name, name)]) == 1, node.name
 
 
 def test_resumed_training_continues_its_unfinished_run(tracked):

@@ -5,16 +5,20 @@ seed; :func:`summarise` gives, per run, the mean and standard deviation (ddof = 
 metric over its seeds and, for the linear probe on r and the effective rank of r, the
 paired difference from the reference run over the same seeds: its mean, its standard error
 and whether the mean is more than two standard errors from zero. With few seeds (fewer than
-:data:`CONCLUSIVE_SEEDS`) that test is marked indicative.
+:data:`CONCLUSIVE_SEEDS`) that test is marked indicative. :func:`compare` makes all of a
+comparison's tables from its runs' artifacts.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
+from typing import Any
 
 import pandas as pd
+from pydantic import BaseModel
 
-from directclr.projectors import uses_d0
+from directclr.projectors import HEAD, TAIL, uses_d0
 
 # Linear-probe top-1 (%) from Jing et al. (ICLR 2022): ResNet-50, ImageNet, 100 epochs.
 # Table 1 and Table 2; random_subset is the Appendix F control.
@@ -42,12 +46,23 @@ SUMMARISED = (
 # The label-free measures every row carries for r and z (spectrum_metrics' names).
 LABEL_FREE = ("rankme", "nesum", "participation_ratio", "normalised_std", "lidar",
               "numerical_rank", "power_law_alpha")  # fmt: skip
-# For DirectCLR's architecture (the control's too): r[:, :d0] (head) and r[:, d0:] (tail).
-HEAD, TAIL = "r[:d0]", "r[d0:]"
 PAIRED = ("linear_probe_top1_r", "effective_rank_r")
 CONCLUSIVE_SEEDS = 5
 # The control run of every comparison: the default method's architecture, never trained.
 CONTROL = "random_init"
+
+
+def lookup(params: dict[str, Any], dotted: str) -> Any:
+    """``params["a"]["b"]`` for ``"a.b"``; None where the path does not exist. Sections
+    that Kedro has already turned into typed settings are read the same way."""
+    value: Any = params
+    for part in dotted.split("."):
+        if isinstance(value, BaseModel):
+            value = value.model_dump()
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value
 
 
 def comparison_row(
@@ -69,6 +84,7 @@ def comparison_row(
         "linear_probe_top1_z": linear_eval["linear_probe_accuracy_z"],
         "knn_top1_r": linear_eval.get("knn_accuracy_r"),
         "linear_probe_top1_raw_pixels": linear_eval.get("linear_probe_accuracy_raw_pixels"),
+        # For DirectCLR's architecture (the control's too): r's two parts, head and tail.
         "linear_probe_top1_r_head": probes.get(HEAD, {}).get("top1"),
         "linear_probe_top1_r_tail": probes.get(TAIL, {}).get("top1"),
         "effective_rank_r_head": spectrum.get(f"{HEAD}_{split}", {}).get("effective_rank"),
@@ -165,7 +181,7 @@ def summary_markdown(summary: pd.DataFrame, reference: str) -> str:
 
     columns = ["run", "seeds", "linear probe r", "linear probe z", "kNN r", "effective rank r",
                "collapsed dims r", f"Δ probe r vs {reference}", f"Δ eff. rank r vs {reference}",
-               "probe r[:d0] / r[d0:]", "eff. rank r[:d0] / r[d0:]",
+               f"probe {HEAD} / {TAIL}", f"eff. rank {HEAD} / {TAIL}",
                "paper top-1 %"]  # fmt: skip
     lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
     for _, row in summary.iterrows():
@@ -211,8 +227,8 @@ def to_markdown(table: pd.DataFrame, digits: int = 4) -> str:
 
 
 def collapse_by_d0(run: str, spectrum: dict) -> pd.DataFrame:
-    """Collapsed dimensions per kind of vectors (r, z, r[:d0], r[d0:]) on the comparison
-    split, for a run that has a d0; empty for the others."""
+    """Collapsed dimensions per kind of vectors (r, z, and r's two parts :data:`HEAD` and
+    :data:`TAIL`) on the comparison split, for a run that has a d0; empty for the others."""
     if not uses_d0(spectrum.get("method", "")):
         return pd.DataFrame(columns=["run", "d0", "vectors", "collapsed_dimensions"])
     suffix = f"_{spectrum['split']}"
@@ -224,3 +240,35 @@ def collapse_by_d0(run: str, spectrum: dict) -> pd.DataFrame:
             if key.endswith(suffix) and isinstance(value, dict)
         ]
     )  # fmt: skip
+
+
+def compare(
+    runs: Iterable[tuple[str, int, dict, dict, pd.DataFrame, pd.DataFrame]], reference: str
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """A comparison's tables from what each of its runs wrote with each seed: ``runs`` holds
+    (run, seed, linear_eval metrics, spectrum metrics, spectrum table, training history).
+    Returns the per-seed table (:func:`comparison_row`), its summary over seeds against
+    ``reference`` (:func:`summarise`), every spectrum with its ``run`` and ``seed``, and the
+    trained runs' collapse against d0 (:func:`collapse_by_d0`; the untrained control is
+    left out, collapse against d0 being a question about training)."""
+    rows, spectra, collapse = [], [], []
+    for run, seed, linear_eval, spectrum_metrics, spectrum, history in runs:
+        rows.append(comparison_row(run, linear_eval, spectrum_metrics, history, seed))
+        spectra.append(spectrum.assign(run=run, seed=seed))
+        if run != CONTROL:
+            collapse.append(collapse_by_d0(run, spectrum_metrics).assign(seed=seed))
+    per_seed = pd.DataFrame(rows)
+    by_d0 = pd.concat(collapse, ignore_index=True) if collapse else collapse_by_d0("", {})
+    return per_seed, summarise(per_seed, reference), pd.concat(spectra, ignore_index=True), by_d0
+
+
+def comparison_summary(comparison: str, per_seed: pd.DataFrame, summary: pd.DataFrame) -> str:
+    """One line for the log: how many runs and seeds ``comparison`` compared, and each run's
+    linear-probe top-1 on r, mean over its seeds."""
+    runs = len(summary)
+    means = ", ".join(f"{row['run']} {row['linear_probe_top1_r_mean']:.4f}"
+                      for _, row in summary.iterrows())  # fmt: skip
+    return (
+        f"comparison {comparison}: {runs} runs x {len(per_seed) // max(runs, 1)} seeds -> table "
+        f"(linear-probe top-1 on r, mean over seeds: {means})"
+    )

@@ -1,4 +1,6 @@
-"""Evaluation of frozen features: a scikit-learn linear probe and a cosine kNN classifier."""
+"""Evaluation of frozen features: a scikit-learn linear probe and a cosine kNN classifier,
+and the linear_eval stage's use of them on a model's exported vectors
+(:func:`evaluate_embeddings`, settings :class:`LinearEvalConfig`)."""
 
 from __future__ import annotations
 
@@ -7,11 +9,35 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import confusion_matrix
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
+
+from directclr.data import materialize
+from directclr.models import ModelConfig
+from directclr.projectors import HEAD, TAIL, leading_parts
+
+
+class LinearEvalConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    C_grid: list[float] = Field(
+        [0.01, 0.1, 1.0], min_length=1, description="inverse regularisation strengths to try"
+    )
+    validation_fraction: float = Field(0.2, gt=0, lt=1)
+    max_iter: int = Field(1000, ge=1)
+    tol: float = Field(1e-4, gt=0)
+    seed: int = 0
+    knn_k: int = Field(20, ge=1)
+    knn_temperature: float = Field(0.07, gt=0)
+    raw_pixels: bool = Field(True, description="also probe raw pixels, the no-pretraining floor")
+
+    def model_post_init(self, __context) -> None:
+        if any(c <= 0 for c in self.C_grid):
+            raise ValueError(f"C_grid values must be positive, got {self.C_grid}")
 
 
 @dataclass
@@ -145,3 +171,73 @@ def knn_accuracy(
         votes.scatter_add_(1, train_y[top_idx], torch.exp(top_sim / temperature))
         correct += int((votes.argmax(1) == test_y[start : start + chunk]).sum())
     return correct / len(test)
+
+
+def evaluate_embeddings(
+    embeddings: dict,
+    dataset: dict,
+    config: ModelConfig,
+    spectrum_metrics: dict,
+    params: LinearEvalConfig,
+) -> tuple[dict, np.ndarray]:
+    """The linear probe and kNN on r; the same probe on z, on the dataset's raw pixels (when
+    ``params.raw_pixels``) and, for directclr, on each of r's two parts
+    (:func:`~directclr.projectors.leading_parts`); with the effective ranks of the spectrum
+    stage's split beside them. Returns the metrics and the confusion matrix of the probe
+    on r on the test split."""
+    split = spectrum_metrics["split"]
+    train_y, test_y = embeddings["train_labels"].numpy(), embeddings["test_labels"].numpy()
+
+    def probe(train_x, test_x) -> ProbeResult:
+        return linear_probe(
+            train_x, train_y, test_x, test_y, tuple(params.C_grid), params.validation_fraction,
+            params.max_iter, params.tol, params.seed,
+        )  # fmt: skip
+
+    on_r = probe(embeddings["train_r"], embeddings["test_r"])
+    probes = {
+        "r": on_r.as_dict(),
+        "z": probe(embeddings["train_z"], embeddings["test_z"]).as_dict(),
+    }
+    # DirectCLR's two parts: the one the loss sees, and the rest, trained only through the
+    # last block's identity path.
+    train_parts = leading_parts(embeddings["train_r"], config.method, config.d0)
+    test_parts = leading_parts(embeddings["test_r"], config.method, config.d0)
+    for name, train_part in train_parts.items():
+        probes[name] = probe(train_part, test_parts[name]).as_dict()
+    if params.raw_pixels:
+        raw = probe(materialize(dataset, "train"), materialize(dataset, "test"))
+        probes["raw_pixels"] = raw.as_dict()
+    knn = knn_accuracy(embeddings["train_r"], train_y, embeddings["test_r"], test_y,
+                       params.knn_k, params.knn_temperature)  # fmt: skip
+    metrics = {
+        "method": config.method,
+        "d0": config.d0,
+        "linear_probe_accuracy_r": on_r.top1,
+        "linear_probe_accuracy_z": probes["z"]["top1"],
+        "linear_probe_accuracy_raw_pixels": probes.get("raw_pixels", {}).get("top1"),
+        "knn_accuracy_r": knn,
+        "spectrum_split": split,
+        "effective_rank_r": spectrum_metrics[f"r_{split}"]["effective_rank"],
+        "effective_rank_z": spectrum_metrics[f"z_{split}"]["effective_rank"],
+        "representation_dim": spectrum_metrics[f"r_{split}"]["dimensions"],
+        "embedding_dim": spectrum_metrics[f"z_{split}"]["dimensions"],
+        "probes": probes,
+        "probe": params.model_dump(),
+    }
+    return metrics, on_r.confusion
+
+
+def evaluation_summary(metrics: dict) -> str:
+    """One line on what :func:`evaluate_embeddings` measured, for the stage's log."""
+    probes = metrics["probes"]
+    parts = "".join(f", {name} {probes[name]['top1']:.4f}" for name in (HEAD, TAIL)
+                    if name in probes)  # fmt: skip
+    raw = metrics["linear_probe_accuracy_raw_pixels"]
+    return (
+        f"linear_eval: linear-probe test accuracy on r {metrics['linear_probe_accuracy_r']:.4f} "
+        f"(z {probes['z']['top1']:.4f}{parts}, raw pixels {'-' if raw is None else f'{raw:.4f}'}; "
+        f"kNN {metrics['knn_accuracy_r']:.4f}); effective rank of r "
+        f"{metrics['effective_rank_r']:.1f} of {metrics['representation_dim']:d} "
+        f"({metrics['spectrum_split']} split)"
+    )

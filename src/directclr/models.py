@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from directclr.backbones import Backbone, Norm, Stem, build_backbone, representation_dim
-from directclr.devices import resolve_device, use_bf16
+from directclr.devices import resolve_device, resolve_precision
 from directclr.projectors import DEFAULT_D0, METHODS, Method, build_projector, uses_d0
 
 
@@ -131,7 +131,8 @@ def model_artifact(model: ContrastiveModel, config: ModelConfig, in_channels: in
     """A weights-only-loadable dict: the architecture config and the state dict.
 
     ``config`` may be any config that extends :class:`ModelConfig` (the training settings):
-    the architecture is kept, and the first view's augmentation recipe when it has one.
+    the architecture is kept, and, when it has them, the first view's augmentation recipe and
+    the ``precision`` setting the model trained with (:func:`artifact_precision`).
     """
     architecture = ModelConfig.model_validate(
         config.model_dump(include=set(ModelConfig.model_fields))
@@ -145,7 +146,17 @@ def model_artifact(model: ContrastiveModel, config: ModelConfig, in_channels: in
     if augmentation is not None:
         # The first view's recipe the model trained with: what LiDAR's views are made with.
         artifact["augmentation"] = augmentation.view1.model_dump(mode="json")
+    precision = getattr(config, "precision", None)
+    if precision is not None:
+        # What the model's embeddings are exported in: the run's own setting.
+        artifact["precision"] = precision
     return artifact
+
+
+def artifact_precision(artifact: dict[str, Any]) -> str:
+    """The ``precision`` setting a saved model trained with; ``auto`` for a file without one
+    (an imported encoder, a file written before models recorded it)."""
+    return artifact.get("precision", "auto")
 
 
 def artifact_config(artifact: dict[str, Any]) -> ModelConfig:
@@ -180,29 +191,31 @@ def encode(
     images: torch.Tensor | Iterable[torch.Tensor],
     batch_size: int = 1024,
     device: str = "auto",
+    precision: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Representations r and embeddings z with the frozen model, of uint8 ``images`` (a
     tensor, cut into batches of ``batch_size``, or any iterable of batches: uint8, or float
     in [0, 1] such as augmented views).
 
-    On CUDA the model runs channels_last, under bf16 autocast where ``precision: auto``
-    would use it there (:func:`~directclr.devices.use_bf16`), with batches copied in from
-    pinned memory and r, z copied out into pinned memory without waiting on each batch; r
-    and z are float32 either way. Elsewhere: float32, as the model is.
+    The forward runs under bf16 autocast where ``precision`` (``auto``, ``fp32`` or
+    ``bf16``: the setting the model trained with, :func:`artifact_precision`) resolves to
+    it on this device for images of this size, by the rule training uses
+    (:func:`~directclr.devices.resolve_precision`, given the images' shorter side); r and z
+    are float32 either way. On CUDA the model runs channels_last, with batches copied in
+    from pinned memory and r, z copied out into pinned memory without waiting on each batch.
     """
     target = resolve_device(device)
     cuda = target.type == "cuda"
     model = model.to(target, memory_format=torch.channels_last) if cuda else model.to(target)
     model.eval()
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16)
-        if cuda and use_bf16("auto", target)
-        else nullcontext()
-    )
     if isinstance(images, torch.Tensor):
         images = images.split(batch_size)
     rs, zs = [], []
+    autocast = None
     for batch in images:
+        if autocast is None:  # resolved once, from the first batch's image size
+            bf16, _ = resolve_precision(precision, target, min(batch.shape[-2:]))
+            autocast = torch.autocast(target.type, dtype=torch.bfloat16) if bf16 else nullcontext()
         if cuda and batch.device.type == "cpu":
             batch = batch.pin_memory().to(target, non_blocking=True)
         x = batch.to(target)

@@ -42,31 +42,45 @@ from directclr.pipelines import (
     toy_implicit_regularization,
     toy_strong_augmentation,
 )
+from directclr.pipelines.sections import SETTINGS_SECTIONS
 
-MODEL_STAGES = {
-    "pretraining": pretraining.create_pipeline,
+DATA_PREP = "data_prep"
+# The stages that measure a model, whatever made it: every run ends with them.
+MEASURE_STAGES = {
     "embeddings": embeddings.create_pipeline,
     "spectrum": spectrum.create_pipeline,
     "linear_eval": linear_eval.create_pipeline,
 }
+# A run's stages: a method's model is trained by pretraining; the control's (random_init) is
+# never trained; an imported encoder's (analyze) comes from a checkpoint.
+MODEL_STAGES = {"pretraining": pretraining.create_pipeline, **MEASURE_STAGES}
+CONTROL_STAGES = {"random_init": random_init.create_pipeline, **MEASURE_STAGES}
+ANALYZE_STAGES = {"import_encoder": analyze.create_pipeline, **MEASURE_STAGES}
 SHARED_INPUTS = {"dataset", "dataset_card"}
-SHARED_PARAMETERS = {
-    "params:embeddings": "params:embeddings",
-    "params:spectrum": "params:spectrum",
-    "params:linear_eval": "params:linear_eval",
-}
+# The settings every run reads in common: those of the stages that measure a model. A run's
+# training settings are its own (``<run>.pretraining`` laid over the shared recipe).
+SHARED_SECTIONS = tuple(stage for stage in MEASURE_STAGES if stage in SETTINGS_SECTIONS)
 COMPARISONS = ("compare", "projector_ablation", "d0_sweep", "sweep")
 # Keys of a comparison's parameters that are not runs.
 COMPARISON_SETTINGS = ("seeds", "reference")
-CONTROL_STAGES = {
-    "random_init": random_init.create_pipeline,
-    **{stage: MODEL_STAGES[stage] for stage in ("embeddings", "spectrum", "linear_eval")},
-}
-# An imported encoder: its model comes from a checkpoint, not from pretraining.
-ANALYZE_STAGES = {
-    "import_encoder": analyze.create_pipeline,
-    **{stage: MODEL_STAGES[stage] for stage in ("embeddings", "spectrum", "linear_eval")},
-}
+# Every stage a run's nodes sit in: their names are ``<run>.<stage>.<node>``.
+RUN_STAGES = frozenset({*MODEL_STAGES, *CONTROL_STAGES, *ANALYZE_STAGES})
+
+
+def is_node(node_name: str, name: str) -> bool:
+    """Whether ``node_name`` names the node a pipeline module named ``name`` (its exported
+    constant, such as ``PRETRAIN_NODE``), in whatever namespaces this registry put it in:
+    ``compare.simclr.seed_0.pretraining.pretrain_model`` is a ``pretrain_model`` node."""
+    return node_name == name or node_name.endswith(f".{name}")
+
+
+def model_namespace(node_name: str) -> str | None:
+    """The run (namespace) a node belongs to: ``compare.simclr.seed_0`` for
+    ``compare.simclr.seed_0.spectrum.compute_spectrum``; None for nodes of no run."""
+    parts = node_name.split(".")
+    if len(parts) >= 3 and parts[-2] in RUN_STAGES:
+        return ".".join(parts[:-2])
+    return None
 
 
 def run_pipeline(run: str, stages: dict[str, Callable[[], Pipeline]] = MODEL_STAGES) -> Pipeline:
@@ -79,12 +93,12 @@ def run_pipeline(run: str, stages: dict[str, Callable[[], Pipeline]] = MODEL_STA
         ]
     )
     free = pipe.inputs()
-    shared = {name: to for name, to in SHARED_PARAMETERS.items() if name in free}
+    shared = {f"params:{s}" for s in SHARED_SECTIONS} & free
     return Pipeline(pipe, namespace=run, inputs=SHARED_INPUTS & free, parameters=shared)
 
 
 def data_prep_pipeline() -> Pipeline:
-    return Pipeline(data_prep.create_pipeline(), namespace="data_prep",
+    return Pipeline(data_prep.create_pipeline(), namespace=DATA_PREP,
                     prefix_datasets_with_namespace=False)  # fmt: skip
 
 
@@ -171,7 +185,7 @@ def register_pipelines() -> dict[str, Pipeline]:
         "analyze": data_prep_pipeline() + run_pipeline("analyze", ANALYZE_STAGES),
     }
     default = pipelines["directclr"]
-    pipelines["data_prep"] = data_prep_pipeline()
+    pipelines[DATA_PREP] = data_prep_pipeline()
     for stage in MODEL_STAGES:
         pipelines[stage] = default.only_nodes_with_tags(stage)
     params = _configured_parameters()

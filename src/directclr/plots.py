@@ -168,8 +168,9 @@ def spectrum_history_figure(
 def collapsed_vs_d0_figure(runs: pd.DataFrame, title: str) -> plt.Figure:
     """Collapsed dimensions against d0 when several runs exist, one line per ``vectors``.
 
-    ``runs`` has one row per (run, vectors) with columns ``d0``, ``vectors`` (r, z, r[:d0],
-    r[d0:], ...) and ``collapsed_dimensions``, as in the spectrum stage's metrics.
+    ``runs`` has one row per (run, vectors) with columns ``d0``, ``vectors`` (r, z and r's
+    two parts, :data:`~directclr.projectors.HEAD` and :data:`~directclr.projectors.TAIL`) and
+    ``collapsed_dimensions``, as in the spectrum stage's metrics.
     """
     sns.set_theme(style="whitegrid")
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)

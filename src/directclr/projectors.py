@@ -3,8 +3,8 @@
 A *method* (a row of the paper's tables) is nothing but a projector, the module mapping r to
 z. Two questions about a method are asked in several places and answered here only:
 :func:`uses_d0` (its embedding is d0-dimensional, so it needs a d0) and
-:func:`has_leading_subvector` (z is r[:, :d0] itself, so r[:d0] and r[d0:] are worth
-analysing and probing apart).
+:func:`has_leading_subvector` (z is r[:, :d0] itself, so r's two parts, :data:`HEAD` and
+:data:`TAIL`, are worth analysing and probing apart: :func:`leading_parts`).
 """
 
 from __future__ import annotations
@@ -37,6 +37,21 @@ def uses_d0(method: str) -> bool:
 def has_leading_subvector(method: str) -> bool:
     """The method's embedding is the fixed leading sub-vector r[:, :d0] (DirectCLR)."""
     return method == "directclr"
+
+
+# The names of DirectCLR's two parts of r: the leading sub-vector the loss sees (z itself),
+# and the rest, which gets no gradient from the loss and trains only through the last
+# block's identity path.
+HEAD, TAIL = "r[:d0]", "r[d0:]"
+
+
+def leading_parts(r: torch.Tensor, method: str, d0: int | None) -> dict[str, torch.Tensor]:
+    """r's two parts along its last dimension, r[..., :d0] as :data:`HEAD` and r[..., d0:] as
+    :data:`TAIL`, for a method whose z is the leading sub-vector
+    (:func:`has_leading_subvector`) and a d0 short of r's size; empty for any other."""
+    if not has_leading_subvector(method) or d0 >= r.shape[-1]:
+        return {}
+    return {HEAD: r[..., :d0], TAIL: r[..., d0:]}
 
 
 class MLPProjector(nn.Module):

@@ -24,6 +24,11 @@ Conventions, for every ρ:
   number of resamples used is given. Every ρ over the same runs draws the same resamples.
 
 A metric that rises with accuracy has ρ = +1 (its interval [1, 1]); one that falls, -1.
+
+The runs come from a comparison's per-seed tables (:func:`catalog_runs`) or from the MLflow
+tracking store (:func:`tracked_runs`); :func:`chosen_runs` decides whether the untrained
+control is ranked, and :func:`metric_report` makes the table, its Markdown and the figures.
+:class:`SelectionConfig` is the settings.
 """
 
 from __future__ import annotations
@@ -31,10 +36,16 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable
+from typing import Literal
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
 from scipy.stats import rankdata, spearmanr
+
+from directclr.comparison import CONTROL, lookup
+from directclr.plots import metric_vs_accuracy_figure
 
 # Label-free metrics, by stem: a column <stem>_r or <stem>_z of the runs table is a metric of
 # r or of z. "lidar" also takes any "lidar_<name>_r" / "lidar_<name>_z" column.
@@ -57,6 +68,28 @@ COLUMNS = [
     "metric", "vectors", "accuracy", "group", "runs", "rho", "ci_low", "ci_high", "level",
     "resamples", "status", "note",
 ]  # fmt: skip
+# The columns that say which run a row is, first in the runs table.
+RUN_COLUMNS = ["comparison", "namespace", "run", "seed", "method", "temperature"]
+PROBE = "linear_probe_top1_r"
+
+
+class SelectionConfig(BaseModel):
+    """Which runs to rank the label-free metrics over, and how (parameters_selection.yml)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    comparisons: list[str] = Field(default_factory=lambda: ["sweep"], min_length=1)
+    source: Literal["auto", "catalog", "mlflow"] = Field(
+        "auto",
+        description="catalog: the latest per-seed table of each comparison; mlflow: every "
+        "finished run of those comparisons in the tracking store, across kedro runs; auto: "
+        "mlflow when tracking is on",
+    )
+    keep_control: bool = False
+    min_runs: int = Field(MIN_RUNS, ge=3)
+    resamples: int = Field(RESAMPLES, ge=100)
+    level: float = Field(LEVEL, gt=0, lt=1)
+    seed: int = 0
 
 
 def metric_columns(columns: Iterable[str]) -> list[str]:
@@ -229,3 +262,144 @@ def selection_markdown(
     if not len(table):
         lines += ["", "No metric and accuracy columns in the runs: nothing to correlate."]
     return "\n".join(lines) + "\n"
+
+
+def reads_tracking_store(source: str, tracked: pd.DataFrame | None) -> bool:
+    """Whether the runs come from the MLflow tracking store (``source: mlflow``, or ``auto``
+    with tracking on: ``tracked`` is not None) rather than the comparisons' per-seed tables;
+    ``mlflow`` with tracking off is refused."""
+    if source == "mlflow" and tracked is None:
+        raise ValueError(
+            "selection.source=mlflow, but tracking is off (DIRECTCLR_TRACKING=off): "
+            "switch tracking on, or set selection.source=catalog"
+        )
+    return tracked is not None and source != "catalog"
+
+
+def _run_columns_first(runs: pd.DataFrame) -> pd.DataFrame:
+    front = [c for c in RUN_COLUMNS if c in runs]
+    return runs[front + [c for c in runs.columns if c not in front]]
+
+
+def tracked_runs(tracked: pd.DataFrame, comparisons: list[str]) -> pd.DataFrame:
+    """The runs of ``comparisons`` among the tracking store's finished model runs
+    (:class:`~directclr.framework.tracking.TrackedRunsDataset`): those that reached
+    linear_eval, the newest of each namespace and checkpoint (a rerun of the same settings on
+    the same data is one run, not two), with ``comparison``, ``run`` and ``seed`` read from
+    the namespace, and :data:`RUN_COLUMNS` first."""
+    frames = []
+    if tracked is not None and len(tracked) and PROBE in tracked:
+        for name in comparisons:
+            parts = tracked["namespace"].str.extract(rf"^{re.escape(name)}\.(.+)\.seed_(\d+)$")
+            mine = tracked[parts[0].notna() & tracked[PROBE].notna()].copy()
+            mine["comparison"] = name
+            mine["run"] = parts.loc[mine.index, 0]
+            mine["seed"] = parts.loc[mine.index, 1].astype(int)
+            mine = mine.sort_values("start_time", ascending=False)
+            frames.append(mine.drop_duplicates(["namespace", "checkpoint_key"]))
+    runs = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    if len(runs):
+        runs.loc[runs["run"] == CONTROL, "temperature"] = math.nan  # it never trained
+    return _run_columns_first(runs)
+
+
+def _temperature(run: str, entries: dict, recipe: dict) -> float:
+    """A run's InfoNCE temperature as the parameter files set it: its own, else the shared
+    recipe's; NaN for the control, which never trains, and for a run no longer configured."""
+    if run == CONTROL or lookup(entries or {}, run) is None:
+        return math.nan
+    own = lookup(entries, f"{run}.pretraining.temperature")
+    value = own if own is not None else lookup(recipe or {}, "temperature")
+    return math.nan if value is None else float(value)
+
+
+def catalog_runs(
+    tables: dict[str, pd.DataFrame], settings: dict[str, dict], recipe: dict
+) -> pd.DataFrame:
+    """The rows of each comparison's per-seed table (``tables``, by comparison), with the
+    ``comparison``, the run's ``namespace`` and its ``temperature`` in front: the table's own
+    where it records one, else as the comparison's parameters (``settings``) or the shared
+    ``pretraining`` recipe set it. The random_init control is kept here; whether it is
+    ranked is :func:`chosen_runs`' choice."""
+    frames = []
+    for name, table in tables.items():
+        frame = table.copy()
+        frame["comparison"] = name
+        pairs = zip(frame["run"], frame["seed"], strict=True)
+        frame["namespace"] = [f"{name}.{run}.seed_{int(seed)}" for run, seed in pairs]
+        temperature = pd.Series([_temperature(run, settings[name], recipe) for run in frame["run"]],
+                                index=frame.index, dtype=float)  # fmt: skip
+        if "temperature" in frame:  # a table that records it is believed first
+            temperature = pd.to_numeric(frame["temperature"]).fillna(temperature)
+        frame["temperature"] = temperature
+        frames.append(frame)
+    return _run_columns_first(pd.concat(frames, ignore_index=True) if frames else pd.DataFrame())
+
+
+def _runs(count: int) -> str:
+    return f"{count} run" if count == 1 else f"{count} runs"
+
+
+def chosen_runs(runs: pd.DataFrame, keep_control: bool) -> tuple[pd.DataFrame, list[str]]:
+    """The runs to rank and a note on what was left out. The untrained random_init control
+    is left out unless ``keep_control``: it answers "what does training add", not "which
+    trained run is best", and an untrained network sits far from every trained one, so it
+    would dominate a rank correlation. Kept, it is a method of its own (its ``method``
+    column names the architecture it shares, which would put it among those runs)."""
+    control = runs["run"].eq(CONTROL) if "run" in runs else pd.Series(False, index=runs.index)
+    if not control.any():
+        return runs, []
+    if keep_control:
+        kept = runs.copy()
+        kept.loc[control, "method"] = CONTROL
+        return kept, [
+            f"The {CONTROL} control ({_runs(int(control.sum()))}, untrained) is kept, as a "
+            f"method of its own (selection.keep_control=true)."
+        ]
+    return runs[~control].reset_index(drop=True), [
+        f"The {CONTROL} control ({_runs(int(control.sum()))}, untrained) is left out: it shows "
+        f"what training adds, not which trained run is best; set selection.keep_control=true "
+        f"to rank it too."
+    ]
+
+
+def metric_report(
+    runs: pd.DataFrame, notes: list[str], params: SelectionConfig
+) -> tuple[pd.DataFrame, str, dict[str, plt.Figure]]:
+    """Spearman's ρ of every label-free metric in ``runs`` with the linear-probe and kNN
+    accuracies, over all runs and within each method (:func:`rank_metrics`); the table, its
+    Markdown (with ``notes``), and one figure per metric of the metric against the
+    linear-probe accuracy, coloured by method, ρ in the title and legend."""
+    table = rank_metrics(runs, min_runs=params.min_runs, resamples=params.resamples,
+                         level=params.level, seed=params.seed)  # fmt: skip
+    notes = list(notes)
+    if "comparison" in runs:
+        notes.append(f"Runs of: {', '.join(dict.fromkeys(runs['comparison']))}.")
+    notes.append(f"Bootstrap seed {params.seed}; ρ as scipy.stats.spearmanr (ties averaged).")
+    markdown = selection_markdown(table, runs, notes, params.min_runs)
+    figures = {}
+    probe = table[table["accuracy"] == PROBE]
+    for metric in metric_columns(runs.columns) if PROBE in runs else []:
+        rows = probe[probe["metric"] == metric].set_index("group")
+        overall = rho_text(rows.loc[ALL]) if ALL in rows.index else "–"
+        labels = {group: f"{group}: {rho_text(row)}" for group, row in rows.iterrows()}
+        figures[f"{metric}.png"] = metric_vs_accuracy_figure(
+            runs, metric, PROBE,
+            f"{metric} against {ACCURACIES[PROBE]}\nSpearman ρ over all runs: {overall} "
+            f"({params.level:.0%} bootstrap interval)",
+            labels=labels, annotate="temperature",
+        )  # fmt: skip
+    return table, markdown, figures
+
+
+def ranking_summary(runs: pd.DataFrame, table: pd.DataFrame) -> str:
+    """One line on :func:`metric_report`'s table, for the stage's log: the runs and metrics,
+    and the three metrics with the largest |ρ| with the linear probe over all runs."""
+    probe = table[table["accuracy"] == PROBE]
+    ranked = probe[(probe["group"] == ALL) & (probe["status"] == OK)]
+    best = ranked.reindex(ranked["rho"].abs().sort_values(ascending=False).index).head(3)
+    return (
+        f"selection: {len(runs)} runs, {len(metric_columns(runs.columns))} metrics; largest "
+        f"|ρ| with the linear probe over all runs: "
+        + (", ".join(f"{r['metric']} {r['rho']:+.2f}" for _, r in best.iterrows()) or "none")
+    )

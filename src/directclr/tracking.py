@@ -19,18 +19,21 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from directclr.projectors import HEAD, TAIL
+
 NAMESPACE_TAG = "directclr.namespace"
 CHECKPOINT_TAG = "directclr.checkpoint_key"
 PARENT_TAG = "mlflow.parentRunId"
 PREVIOUS_PARENTS_TAG = "directclr.previous_parent_runs"
 HISTORY = "history"  # the prefix of the training history's metrics
 # Characters MLflow refuses in metric and param names, as this project's names use them.
-NAME_REPLACEMENTS = {"r[:d0]": "r_head", "r[d0:]": "r_tail"}
+NAME_REPLACEMENTS = {HEAD: "r_head", TAIL: "r_tail"}
 
 
 def metric_name(name: str) -> str:
-    """A metric or param name MLflow accepts: the sub-vectors ``r[:d0]`` and ``r[d0:]`` are
-    called ``r_head`` and ``r_tail`` (the comparison tables' names), and any other character
+    """A metric or param name MLflow accepts: r's two parts (:data:`~directclr.projectors.
+    HEAD`, :data:`~directclr.projectors.TAIL`) are called ``r_head`` and ``r_tail`` (the
+    comparison tables' names), and any other character
     outside letters, digits, ``_-. /`` becomes ``_``."""
     for old, new in NAME_REPLACEMENTS.items():
         name = name.replace(old, new)

@@ -1,5 +1,9 @@
 """Project hooks: stop a bad run before any node runs or any artifact is written; under
-torchrun, let only rank 0 write artifacts."""
+torchrun, let only rank 0 write artifacts.
+
+The pipelines are imported by the hooks when a run starts, not with this module, which
+``settings.py`` imports for every Kedro command.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,6 @@ from kedro.config import OmegaConfigLoader
 from kedro.framework.hooks import hook_impl
 
 from directclr.framework.parameters import (
-    PRETRAINING_NODE,
     catalog_text,
     check_comparison_settings,
     check_known_settings,
@@ -21,10 +24,6 @@ from directclr.framework.parameters import (
     run_settings_of,
     runs_in,
 )
-
-DATA_PREP_NODE = "data_prep.prepare_dataset"
-LINEAR_EVAL_NODE = "linear_eval.evaluate_linear_probe"
-SPECTRUM_NODE = "spectrum.compute_spectrum"
 
 
 class CheckRunBeforeWork:
@@ -71,6 +70,11 @@ class CheckRunBeforeWork:
     # First of every hook: a refused run opens no MLflow run.
     @hook_impl(tryfirst=True)
     def before_pipeline_run(self, run_params: dict, pipeline, catalog) -> None:
+        from directclr.pipeline_registry import is_node
+        from directclr.pipelines.data_prep import PREPARE_NODE
+        from directclr.pipelines.linear_eval import PROBE_NODE
+        from directclr.pipelines.spectrum import SPECTRUM_NODE
+
         params = catalog.load("parameters")
         if self._files is not None:
             known = known_settings(*self._files)
@@ -89,11 +93,12 @@ class CheckRunBeforeWork:
             else:  # a comparison's seed namespace has no parameters of its own in the files
                 catalog[name] = settings
         names = {node.name for node in pipeline.nodes}
-        self._knn = any(name.endswith(LINEAR_EVAL_NODE) for name in names)
-        self._spectrum = any(name.endswith(SPECTRUM_NODE) for name in names)
+        self._knn = any(is_node(name, PROBE_NODE) for name in names)
+        self._spectrum = any(is_node(name, SPECTRUM_NODE) for name in names)
         # With --only-missing-outputs Kedro skips a data_prep whose outputs exist: check the
         # saved card then, as after_node_run will not be called.
-        prepares = DATA_PREP_NODE in names and not run_params.get("only_missing_outputs")
+        prepares = any(is_node(name, PREPARE_NODE) for name in names)
+        prepares = prepares and not run_params.get("only_missing_outputs")
         checks_data = not prepares and (self._settings or self._knn or self._spectrum)
         if checks_data and "dataset_card" in catalog and catalog.exists("dataset_card"):
             card = catalog.load("dataset_card")
@@ -101,8 +106,11 @@ class CheckRunBeforeWork:
 
     @hook_impl
     def after_node_run(self, node, outputs: dict[str, Any]) -> None:
+        from directclr.pipeline_registry import is_node
+        from directclr.pipelines.data_prep import PREPARE_NODE
+
         # Kedro saves a node's outputs after this hook: a refused card is never written.
-        if node.name == DATA_PREP_NODE:
+        if is_node(node.name, PREPARE_NODE):
             card = outputs["dataset_card"]
             check_runs_fit_data(card, self._settings, self._params, self._knn, self._spectrum)
 
@@ -172,10 +180,10 @@ def _check_selection(pipeline, params: dict[str, Any], catalog, env: str | None)
     it when its parameters list other comparisons (registered before --params and --env are
     read), when one is not a configured comparison, or when one has never run (and does not
     run in this run), saying which pipeline to run first."""
-    from directclr.pipeline_registry import comparison_layout, selection_comparisons
+    from directclr.pipeline_registry import comparison_layout, is_node, selection_comparisons
     from directclr.pipelines.selection.pipeline import GATHER_NODE
 
-    gather = next((node for node in pipeline.nodes if node.name == GATHER_NODE), None)
+    gather = next((node for node in pipeline.nodes if is_node(node.name, GATHER_NODE)), None)
     if gather is None:
         return
     suffix = ".per_seed_table"
@@ -244,7 +252,10 @@ class RankZeroWrites:
     def before_pipeline_run(self, run_params: dict, pipeline, catalog) -> None:
         if int(os.environ.get("RANK", "0")) == 0:
             return
-        trains = [n.name for n in pipeline.nodes if n.name.endswith(PRETRAINING_NODE)]
+        from directclr.pipeline_registry import is_node
+        from directclr.pipelines.pretraining import PRETRAIN_NODE
+
+        trains = [n.name for n in pipeline.nodes if is_node(n.name, PRETRAIN_NODE)]
         needed = {n.name for n in pipeline.to_nodes(*trains).nodes} if trains else set()
         for node in pipeline.nodes:
             if node.name not in needed:

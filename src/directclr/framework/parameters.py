@@ -4,6 +4,10 @@
 * every run's training settings, merged and validated once (:func:`run_settings_of`);
 * the runs fit the prepared data: a batch, and the kNN probe's k, no larger than the
   training split (:func:`check_runs_fit_data`).
+
+``settings.py`` imports this module for every Kedro command; the pipelines (and the
+libraries their nodes load) are imported by the functions that need them, when a run is
+checked.
 """
 
 from __future__ import annotations
@@ -15,33 +19,15 @@ from typing import Any
 
 from pydantic import BaseModel
 
-PRETRAINING_NODE = "pretraining.pretrain_model"
-RANDOM_INIT_NODE = "random_init.initialise_model"
+from directclr.comparison import lookup
+from directclr.pipelines.sections import SETTINGS_SECTIONS, settings_class
+
 _SEED_NAMESPACE = re.compile(r"(?P<run>.+)\.seed_(?P<seed>\d+)")
 _RUNTIME_REFERENCE = re.compile(r"\$\{runtime_params:\s*([A-Za-z0-9_.]+)")
 
 
 class UnknownSettingError(ValueError):
     """A ``--params`` key that names no setting of the project."""
-
-
-def _section_models() -> dict[str, type[BaseModel]]:
-    """The typed settings of each top-level parameter section (imported when a run is
-    checked, so that Kedro's commands that run nothing do not load torch)."""
-    from directclr.data import DataConfig
-    from directclr.pipelines.embeddings.nodes import EmbeddingsConfig
-    from directclr.pipelines.linear_eval.nodes import LinearEvalConfig
-    from directclr.pipelines.spectrum.nodes import SpectrumConfig
-    from directclr.toys import ImplicitRegularizationConfig, StrongAugmentationConfig
-
-    return {
-        "data_prep": DataConfig,
-        "embeddings": EmbeddingsConfig,
-        "spectrum": SpectrumConfig,
-        "linear_eval": LinearEvalConfig,
-        "toy_strong_augmentation": StrongAugmentationConfig,
-        "toy_implicit_regularization": ImplicitRegularizationConfig,
-    }
 
 
 def model_paths(model: type[BaseModel], prefix: str) -> set[str]:
@@ -69,15 +55,15 @@ def _leaf_paths(params: dict[str, Any], prefix: str = "") -> set[str]:
 def known_settings(file_params: dict[str, Any], catalog_text: str = "") -> set[str]:
     """Every dotted setting a run accepts: those in the parameter files, every field of the
     typed sections, every training setting under the recipe and under each run's
-    ``pretraining``, and the runtime parameters the catalog reads (``${runtime_params:x}``)."""
-    from directclr.training import PretrainingConfig
-
+    ``pretraining``, and the runtime parameters the catalog reads (``${runtime_params:x}``).
+    The settings classes are imported here, when a run is checked, not with this module."""
     known = _leaf_paths(file_params)
-    for section, model in _section_models().items():
-        known |= model_paths(model, section)
+    for section in SETTINGS_SECTIONS:
+        known |= model_paths(settings_class(section), section)
+    training = settings_class("pretraining")
     for path in list(known):
-        if path == "pretraining" or path.endswith(".pretraining"):
-            known |= model_paths(PretrainingConfig, path)
+        if path.endswith(".pretraining"):
+            known |= model_paths(training, path)
     known |= set(_RUNTIME_REFERENCE.findall(catalog_text))
     return known
 
@@ -122,26 +108,17 @@ def catalog_text(conf_source: str | Path, envs: list[str]) -> str:
     )
 
 
-def lookup(params: dict[str, Any], dotted: str) -> Any:
-    """``params["a"]["b"]`` for ``"a.b"``; None where the path does not exist. Sections
-    that Kedro has already turned into typed settings are read the same way."""
-    value: Any = params
-    for part in dotted.split("."):
-        if isinstance(value, BaseModel):
-            value = value.model_dump()
-        if not isinstance(value, dict) or part not in value:
-            return None
-        value = value[part]
-    return value
-
-
 def runs_in(pipeline) -> list[str]:
     """The runs (namespaces) whose model comes from pretraining, or from the random_init
     control, in ``pipeline``."""
+    from directclr.pipeline_registry import is_node, model_namespace
+    from directclr.pipelines.pretraining import PRETRAIN_NODE
+    from directclr.pipelines.random_init import INITIALISE_NODE
+
     return sorted(
-        node.name.rsplit(".", 2)[0]
+        model_namespace(node.name)
         for node in pipeline.nodes
-        if node.name.endswith((f".{PRETRAINING_NODE}", f".{RANDOM_INIT_NODE}"))
+        if is_node(node.name, PRETRAIN_NODE) or is_node(node.name, INITIALISE_NODE)
     )
 
 

@@ -14,6 +14,10 @@ tracked):
   and linear-eval metrics under the comparison tables' names, the figures (the catalog's
   ``MlflowArtifactDataset`` entries, pointed at the right run here), and tags for the git
   commit, the dataset's content hash and the catalog version the artifacts were saved under.
+
+kedro-mlflow is used through its public surface; the one exception lives in
+:mod:`~directclr.framework.mlflow_adapter`. The pipelines are imported by the hooks when a
+run starts, not with this module, which ``settings.py`` imports for every Kedro command.
 """
 
 from __future__ import annotations
@@ -26,12 +30,20 @@ from typing import Any
 
 import pandas as pd
 from kedro.framework.hooks import hook_impl
-from kedro.io.core import AbstractDataset, AbstractVersionedDataset, DatasetError, Version
+from kedro.io.core import (
+    AbstractDataset,
+    AbstractVersionedDataset,
+    DatasetError,
+    Version,
+    parse_dataset_definition,
+)
 from kedro_mlflow.framework.hooks import MlflowHook
 from kedro_mlflow.io.artifacts import MlflowArtifactDataset
 
 from directclr.comparison import PAPER_COLUMN, comparison_row
 from directclr.framework.environment import tracking_enabled
+from directclr.framework.mlflow_adapter import set_version
+from directclr.pipelines.sections import SETTINGS_SECTIONS
 from directclr.tracking import (
     CHECKPOINT_TAG,
     NAMESPACE_TAG,
@@ -45,14 +57,6 @@ from directclr.tracking import (
 logger = logging.getLogger(__name__)
 
 STORE_FILE = "mlflow.db"
-# The stages a model's namespace holds, as the last-but-one part of their node names.
-MODEL_STAGES = ("pretraining", "random_init", "import_encoder", "embeddings", "spectrum",
-                "linear_eval")  # fmt: skip
-PRETRAINING = "pretraining.pretrain_model"
-LINEAR_EVAL = "linear_eval.evaluate_linear_probe"
-DATA_PREP = "data_prep.prepare_dataset"
-# The settings sections a model's child run records besides its training settings.
-SHARED_SECTIONS = ("data_prep", "embeddings", "spectrum", "linear_eval", "analyze")
 
 
 def default_store(project_path: str | os.PathLike) -> str:
@@ -127,7 +131,9 @@ class ProjectMlflowHook(MlflowHook):
 
 
 class TrackedArtifactDataset(MlflowArtifactDataset):
-    """kedro-mlflow's ``MlflowArtifactDataset``, versioned by the catalog.
+    """kedro-mlflow's ``MlflowArtifactDataset``, versioned by the catalog; with tracking off
+    (:func:`~directclr.framework.environment.tracking_enabled`), the dataset it wraps, alone:
+    nothing is logged and no MLflow store is made.
 
     ``versioned: true`` goes on this entry, not on the wrapped ``dataset``: Kedro then hands
     the run's one save version (and any ``--load-versions``) to the wrapped dataset. A
@@ -144,17 +150,25 @@ class TrackedArtifactDataset(MlflowArtifactDataset):
         metadata: dict[str, Any] | None = None,
         version: Version | None = None,
     ):
+        if not tracking_enabled():
+            dataset_class, args = parse_dataset_definition(dataset)
+            _check_versionable(dataset_class, version)
+            plain = dataset_class(**args, **({} if version is None else {"version": version}))
+            plain.metadata = metadata
+            return plain
         wrapped = MlflowArtifactDataset(dataset, run_id, artifact_path, credentials, metadata)
+        _check_versionable(type(wrapped), version)
         if version is not None:
-            if not isinstance(wrapped, AbstractVersionedDataset):
-                raise DatasetError(
-                    f"versioned: true, but {type(wrapped).__name__} cannot be versioned; "
-                    f"drop versioned from the entry"
-                )
-            # What the wrapped dataset's constructor would have stored, given the version
-            # (kedro-mlflow builds it without one).
-            wrapped._version = version
+            set_version(wrapped, version)  # kedro-mlflow builds it without one
         return wrapped
+
+
+def _check_versionable(dataset_class: type, version: Version | None) -> None:
+    if version is not None and not issubclass(dataset_class, AbstractVersionedDataset):
+        raise DatasetError(
+            f"versioned: true, but {dataset_class.__name__} cannot be versioned; drop "
+            f"versioned from the entry"
+        )
 
 
 class TrackedRunsDataset(AbstractDataset[None, pd.DataFrame]):
@@ -215,13 +229,15 @@ def _number(text: str | None) -> float:
         return float("nan")
 
 
-def model_namespace(node_name: str) -> str | None:
-    """The model (namespace) a node belongs to: ``compare.simclr.seed_0`` for
-    ``compare.simclr.seed_0.spectrum.compute_spectrum``; None for nodes of no model."""
-    parts = node_name.split(".")
-    if len(parts) >= 3 and parts[-2] in MODEL_STAGES:
-        return ".".join(parts[:-2])
-    return None
+def recorded_sections(space: str) -> list[str]:
+    """The settings sections a model's run records besides its training settings: the
+    prepared data's, those every run's stages share, and the run's own section where it has
+    one (``analyze``: the imported encoder's)."""
+    from directclr.pipeline_registry import DATA_PREP, SHARED_SECTIONS
+
+    read = {DATA_PREP, *SHARED_SECTIONS, space}
+    sections = (name.partition(".")[0] for name in SETTINGS_SECTIONS)
+    return [section for section in dict.fromkeys(sections) if section in read]
 
 
 def git_commit(path: str | os.PathLike) -> dict[str, str]:
@@ -243,10 +259,6 @@ def _plain(settings: Any) -> Any:
     """Settings as the YAML reads them: typed sections (pydantic models) as dicts."""
     dump = getattr(settings, "model_dump", None)
     return dump(mode="json") if dump else settings
-
-
-def _is_mlflow_dataset(dataset: Any) -> bool:
-    return hasattr(dataset, "_logging_activated")
 
 
 class TrackRuns:
@@ -273,10 +285,11 @@ class TrackRuns:
         self._children = {}
         if not self.enabled:
             return
-        config = self._mlflow.mlflow_config
-        self._uri = config.server.mlflow_tracking_uri
-        self._experiment = config.tracking.experiment._experiment.experiment_id
+        self._uri = self._mlflow.mlflow_config.server.mlflow_tracking_uri
         self._parent = self._mlflow.run_id
+        client = self._client()
+        # The children go into the experiment kedro-mlflow opened the parent in.
+        self._experiment = client.get_run(self._parent).info.experiment_id
         self._tags = {
             **git_commit(self._project),
             "directclr.catalog_version": str(run_params.get("run_id")),
@@ -288,16 +301,18 @@ class TrackRuns:
             self._tags["directclr.dataset_content_hash"] = catalog.load("dataset_card").get(
                 "content_hash", ""
             )
-        client = self._client()
         for name, value in self._tags.items():
             client.set_tag(self._parent, name, value)
 
     @hook_impl
     def before_node_run(self, node, catalog, inputs: dict[str, Any]) -> dict | None:
+        from directclr.pipeline_registry import is_node, model_namespace
+        from directclr.pipelines.pretraining import PRETRAIN_NODE
+
         space = model_namespace(node.name)
         if not self.enabled or space is None:
             return None
-        if node.name.endswith(PRETRAINING):
+        if is_node(node.name, PRETRAIN_NODE):
             recorder = RunRecorder(
                 self._uri, self._experiment, self._parent, space,
                 self._params(space, catalog), self._tags,
@@ -310,24 +325,29 @@ class TrackRuns:
     def after_node_run(
         self, node, catalog, inputs: dict[str, Any], outputs: dict[str, Any]
     ) -> None:
-        # Kedro saves a node's outputs after this hook: the run they belong to is known now.
-        self._route_datasets(node, catalog)
+        from directclr.pipeline_registry import is_node, model_namespace
+        from directclr.pipelines.data_prep import PREPARE_NODE
+        from directclr.pipelines.linear_eval import PROBE_NODE
+        from directclr.pipelines.pretraining import PRETRAIN_NODE
+
         if not self.enabled:
             return
-        if node.name == DATA_PREP and "dataset_card" in outputs:
+        # Kedro saves a node's outputs after this hook: the run they belong to is known now.
+        self._route_datasets(node, catalog)
+        if is_node(node.name, PREPARE_NODE) and "dataset_card" in outputs:
             content = outputs["dataset_card"].get("content_hash", "")
             self._tags["directclr.dataset_content_hash"] = content
             self._client().set_tag(self._parent, "directclr.dataset_content_hash", content)
         space = model_namespace(node.name)
         if space is None:
             return
-        if node.name.endswith(PRETRAINING):
+        if is_node(node.name, PRETRAIN_NODE):
             recorder = inputs.get(f"{space}.tracking")
             found = getattr(recorder, "run_id", None)  # None when devices: N trained it
             self._children[space] = found or find_child(
                 self._uri, self._experiment, space, self._parent
             )
-        if node.name.endswith(LINEAR_EVAL):
+        if is_node(node.name, PROBE_NODE):
             linear_eval = outputs[f"{space}.linear_eval_metrics"]
             spectrum = inputs[f"{space}.spectrum_metrics"]
             row = comparison_row(space, linear_eval, spectrum, pd.DataFrame())
@@ -350,16 +370,15 @@ class TrackRuns:
     # -- helpers -------------------------------------------------------------------------
 
     def _route_datasets(self, node, catalog) -> None:
-        """Point the node's MLflow datasets (``MlflowArtifactDataset`` entries) at its model's
-        run, or at the parent run for outputs of no model; with tracking off, switch them
-        off, so that nothing is logged and no store is made."""
+        """Point the node's MLflow datasets (those with a ``run_id``: the
+        ``TrackedArtifactDataset`` entries) at its model's run, or at the parent run for
+        outputs of no model."""
+        from directclr.pipeline_registry import model_namespace
+
         space = model_namespace(node.name)
         for name in node.outputs:
             dataset = catalog.get(name)
-            if not _is_mlflow_dataset(dataset):
-                continue
-            dataset._logging_activated = self.enabled
-            if self.enabled:
+            if hasattr(dataset, "run_id"):
                 dataset.run_id = self._child(space, catalog) if space else self._parent
 
     def _client(self):
@@ -381,7 +400,7 @@ class TrackRuns:
         """A model's settings, flattened: its merged training settings (``pretraining.lr``)
         and the shared sections the other stages read."""
         names = {"pretraining": f"params:{space}.pretraining"}
-        names |= {s: f"params:{s}" for s in SHARED_SECTIONS if s != "analyze" or space == s}
+        names |= {section: f"params:{section}" for section in recorded_sections(space)}
         sections = {
             section: _plain(catalog.load(name))
             for section, name in names.items()

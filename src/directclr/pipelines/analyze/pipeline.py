@@ -2,6 +2,9 @@ from kedro.pipeline import Node, Pipeline
 
 from .nodes import convert_encoder, import_encoder
 
+CONVERT_NODE = "convert_encoder"
+IMPORT_NODE = "import_encoder"
+
 
 def create_pipeline(**kwargs) -> Pipeline:
     """Checkpoint in; the run's ``model``, an empty ``spectrum_history`` and the
@@ -14,13 +17,13 @@ def create_pipeline(**kwargs) -> Pipeline:
                 convert_encoder,
                 inputs=["encoder_checkpoint", "params:encoder"],
                 outputs=["converted_model", "conversion_report"],
-                name="convert_encoder",
+                name=CONVERT_NODE,
             ),
             Node(
                 import_encoder,
                 inputs=["converted_model", "conversion_report", "dataset_card"],
                 outputs=["model", "spectrum_history", "encoder_import"],
-                name="import_encoder",
+                name=IMPORT_NODE,
             ),
         ],
         tags="import_encoder",

@@ -1,17 +1,19 @@
 from kedro.pipeline import Node, Pipeline
 
-from .nodes import ARTIFACTS_PER_RUN, make_compare_runs
+from .nodes import make_compare_runs, run_artifacts
+
+REPORT_NODE = "compare_runs"
 
 
 def create_pipeline(comparison: str, namespaces: dict[str, list[str]], **kwargs) -> Pipeline:
     """The report node of ``comparison``: ``namespaces`` maps each run to its namespaces, one
     per seed."""
-    inputs = [
-        f"{space}.{artifact}"
+    artifacts = {
+        name: name
         for spaces in namespaces.values()
         for space in spaces
-        for artifact in ARTIFACTS_PER_RUN
-    ]
+        for name in run_artifacts(space)
+    }
     outputs = [
         f"{comparison}.{name}"
         for name in (
@@ -23,9 +25,9 @@ def create_pipeline(comparison: str, namespaces: dict[str, list[str]], **kwargs)
         [
             Node(
                 make_compare_runs(comparison, namespaces),
-                inputs=[*inputs, f"params:{comparison}.reference"],
+                inputs={"reference": f"params:{comparison}.reference", **artifacts},
                 outputs=outputs,
-                name="compare_runs",
+                name=REPORT_NODE,
                 namespace=f"{comparison}.report",
             )
         ],

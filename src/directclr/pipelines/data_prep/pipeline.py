@@ -2,6 +2,8 @@ from kedro.pipeline import Node, Pipeline
 
 from .nodes import prepare_dataset
 
+PREPARE_NODE = "prepare_dataset"
+
 
 def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline(
@@ -10,7 +12,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                 prepare_dataset,
                 inputs="params:data_prep",
                 outputs=["dataset", "dataset_card"],
-                name="prepare_dataset",
+                name=PREPARE_NODE,
             )
         ],
         tags="data_prep",

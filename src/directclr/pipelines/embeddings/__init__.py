@@ -1,5 +1,5 @@
 """embeddings: export r and z for train and test with the frozen model."""
 
-from .pipeline import create_pipeline
+from .pipeline import EXPORT_NODE, create_pipeline
 
-__all__ = ["create_pipeline"]
+__all__ = ["EXPORT_NODE", "create_pipeline"]

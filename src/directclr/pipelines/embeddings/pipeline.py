@@ -2,6 +2,8 @@ from kedro.pipeline import Node, Pipeline
 
 from .nodes import export_embeddings
 
+EXPORT_NODE = "export_embeddings"
+
 
 def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline(
@@ -10,7 +12,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                 export_embeddings,
                 inputs=["model", "dataset", "params:embeddings"],
                 outputs="embeddings",
-                name="export_embeddings",
+                name=EXPORT_NODE,
             )
         ],
         tags="embeddings",

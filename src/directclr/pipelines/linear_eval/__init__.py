@@ -1,5 +1,5 @@
 """linear_eval: a scikit-learn linear probe on frozen r, with raw pixels beside it."""
 
-from .pipeline import create_pipeline
+from .pipeline import PROBE_NODE, create_pipeline
 
-__all__ = ["create_pipeline"]
+__all__ = ["PROBE_NODE", "create_pipeline"]

@@ -1,5 +1,5 @@
 """pretraining: contrastive training of the backbone (and projector) with one method."""
 
-from .pipeline import create_pipeline
+from .pipeline import PRETRAIN_NODE, create_pipeline
 
-__all__ = ["create_pipeline"]
+__all__ = ["PRETRAIN_NODE", "create_pipeline"]

@@ -2,6 +2,8 @@ from kedro.pipeline import Node, Pipeline
 
 from .nodes import pretrain_model
 
+PRETRAIN_NODE = "pretrain_model"
+
 
 def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline(
@@ -21,7 +23,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "spectrum_history",
                     "training_history_figure",
                 ],
-                name="pretrain_model",
+                name=PRETRAIN_NODE,
             )  # fmt: skip
         ],
         tags="pretraining",

@@ -1,5 +1,5 @@
 """random_init: the control of every comparison, the same architecture never trained."""
 
-from .pipeline import create_pipeline
+from .pipeline import INITIALISE_NODE, create_pipeline
 
-__all__ = ["create_pipeline"]
+__all__ = ["INITIALISE_NODE", "create_pipeline"]

@@ -2,6 +2,8 @@ from kedro.pipeline import Node, Pipeline
 
 from .nodes import initialise_model
 
+INITIALISE_NODE = "initialise_model"
+
 
 def create_pipeline(**kwargs) -> Pipeline:
     """In place of pretraining: the same outputs, from a model that never trained."""
@@ -11,7 +13,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                 initialise_model,
                 inputs=["dataset", "dataset_card", "params:pretraining"],
                 outputs=["model", "training_history", "spectrum_history"],
-                name="initialise_model",
+                name=INITIALISE_NODE,
             )
         ],
         tags="random_init",

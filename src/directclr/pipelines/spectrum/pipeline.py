@@ -2,6 +2,8 @@ from kedro.pipeline import Node, Pipeline
 
 from .nodes import compute_spectrum
 
+SPECTRUM_NODE = "compute_spectrum"
+
 
 def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline(
@@ -15,7 +17,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "spectrum_figure",
                     "spectrum_history_figure",
                 ],
-                name="compute_spectrum",
+                name=SPECTRUM_NODE,
             )
         ],
         tags="spectrum",

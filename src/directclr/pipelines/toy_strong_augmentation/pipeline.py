@@ -3,6 +3,8 @@ from kedro.pipeline import Node, Pipeline
 from .nodes import plot_noise_sweep, run_noise_sweep
 
 NAME = "toy_strong_augmentation"
+SWEEP_NODE = "run_noise_sweep"
+PLOT_NODE = "plot_noise_sweep"
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -18,7 +20,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "summary",
                     "metrics",
                 ],  # fmt: skip
-                name="run_noise_sweep",
+                name=SWEEP_NODE,
             ),
             Node(
                 plot_noise_sweep,
@@ -28,7 +30,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "final_spectrum_figure",
                     "collapse_prediction_figure",
                 ],  # fmt: skip
-                name="plot_noise_sweep",
+                name=PLOT_NODE,
             ),
         ],
         tags=NAME,
