@@ -23,6 +23,8 @@ from directclr.checkpoint_import import (
     convert_checkpoint,
     convert_projector,
     fit_to_dataset,
+    import_summary,
+    small_images_warning,
 )
 from directclr.models import ModelConfig, build_model, encode, model_artifact, model_from_artifact
 from directclr.projectors import build_projector
@@ -219,6 +221,26 @@ def test_normalisation_from_the_dataset_card_and_the_channel_check():
     grey_as_imagenet = EncoderConfig(backbone="small_cnn", width=4, normalization="imagenet")
     with pytest.raises(ValueError, match="normalization=imagenet needs a 3-channel encoder"):
         convert_checkpoint(state, grey_as_imagenet, SETTINGS)
+
+
+def test_the_import_report_reads_out_what_was_set_aside_and_warns_of_small_images():
+    state = cifar_resnet18().state_dict()
+    card = {"channels": 3, "channel_mean": [0.5] * 3, "channel_std": [0.25] * 3,
+            "image_shape": [3, 8, 8]}  # fmt: skip
+    converted = convert_checkpoint(state, EncoderConfig(backbone="resnet18"))
+    _, report = fit_to_dataset(*converted, card)
+    assert import_summary(report) == (
+        "import_encoder: state_dict checkpoint -> model (resnet18, r 512-d, 3 channels; z = r: "
+        "the file has no 'projector' entry; dropped fc.bias, fc.weight; normalisation imagenet)"
+    )
+    wrapped = report | {"dropped_keys": [], "unused_entries": ["head"], "weights": "state_dict",
+                        "unreadable_entries": ["hyper_parameters"]}  # fmt: skip
+    set_aside = "unused entries head; weights from state_dict; left unread: hyper_parameters"
+    assert f"'projector' entry; {set_aside}; normalisation imagenet)" in import_summary(wrapped)
+    assert small_images_warning(report) is None  # resnet18 is not the 32x-downsampling one
+    resnet50 = report | {"backbone": "resnet50"}
+    assert "resnet50 downsamples 32x and the images are 8 px" in small_images_warning(resnet50)
+    assert small_images_warning(resnet50 | {"image_shape": [3, 32, 40]}) is None
 
 
 def test_files_that_do_not_fit_name_the_keys_and_the_setting_to_change():

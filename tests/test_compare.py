@@ -9,8 +9,18 @@ import pytest
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 
-from directclr.comparison import CONTROL, PAPER_COLUMN, compare, lookup, summarise, summary_markdown
+from directclr.comparison import (
+    CONTROL,
+    PAPER_COLUMN,
+    compare,
+    comparison_summary,
+    lookup,
+    summarise,
+    summary_markdown,
+)
 from directclr.pipeline_registry import comparison_layout, configured_comparisons
+from directclr.pipelines.comparison import create_pipeline
+from directclr.pipelines.comparison.nodes import run_artifacts
 from directclr.selection import SelectionConfig
 from directclr.tracking import NAMESPACE_TAG, PARENT_TAG
 from tests.conftest import REPO
@@ -246,7 +256,8 @@ def _artifacts(run: str, method: str, seed: int) -> tuple:
     }  # fmt: skip
     linear_eval = {"method": method, "d0": 4, "linear_probe_accuracy_r": 0.5 + seed / 10,
                    "linear_probe_accuracy_z": 0.4, "probes": {"r[:d0]": {"top1": 0.3}}}  # fmt: skip
-    spectrum = pd.DataFrame({"vectors": ["r", "z"], "index": [1, 1], "eigenvalue": [0.5, 0.7]})
+    spectrum = pd.DataFrame({"vectors": ["r", "z"], "split": "train", "index": [1, 1],
+                             "eigenvalue": [0.5, 0.7]})  # fmt: skip
     return run, seed, linear_eval, spectrum_metrics, spectrum, pd.DataFrame({"seconds": [2.0]})
 
 
@@ -262,3 +273,40 @@ def test_a_comparisons_tables_come_from_its_runs_artifacts():
     # Collapse against d0 is a question about training: the control is left out.
     assert set(by_d0["run"]) == {"directclr"} and sorted(set(by_d0["seed"])) == [0, 1]
     assert by_d0.set_index(["seed", "vectors"]).loc[(0, "r[d0:]"), "collapsed_dimensions"] == 1
+
+    assert comparison_summary("c", per_seed, summary) == (
+        "comparison c: 2 runs x 2 seeds -> table (linear-probe top-1 on r, mean over seeds: "
+        "directclr 0.5500, random_init 0.5500)"
+    )
+
+
+def test_the_report_node_reads_each_runs_artifacts_by_name():
+    namespaces = {run: [f"c.{run}.seed_{seed}" for seed in (3, 5)]
+                  for run in ("directclr", CONTROL)}  # fmt: skip
+    (node,) = create_pipeline("c", namespaces).nodes
+    assert node.name == "c.report.compare_runs"
+    inputs = {"params:c.reference": "directclr"}
+    for run, spaces in namespaces.items():
+        for space in spaces:
+            _, seed, *artifacts = _artifacts(run, "directclr", int(space.rsplit("_", 1)[1]))
+            inputs |= dict(zip(run_artifacts(space), artifacts, strict=True))
+    assert set(node.inputs) == set(inputs)
+    outputs = node.run(inputs)
+    per_seed = outputs["c.per_seed_table"]
+    assert per_seed[["run", "seed"]].values.tolist() == [["directclr", 3], ["directclr", 5],
+                                                         [CONTROL, 3], [CONTROL, 5]]  # fmt: skip
+    # Each row holds its own run's and seed's artifacts: seed 5 probes at 0.5 + 5 / 10.
+    assert per_seed["linear_probe_top1_r"].tolist() == pytest.approx([0.8, 1.0, 0.8, 1.0])
+    assert outputs["c.comparison_table"]["run"].tolist() == ["directclr", CONTROL]
+    assert "| directclr | 2 |" in outputs["c.comparison_markdown"]
+
+
+def test_a_seed_namespace_splits_back_into_its_run_and_seed():
+    from directclr.comparison import seed_namespace, split_seed_namespace
+
+    space = seed_namespace("compare", "simclr_linear", 12)
+    assert space == "compare.simclr_linear.seed_12"
+    assert split_seed_namespace(space) == ("compare.simclr_linear", 12)
+    assert split_seed_namespace("directclr") is None
+    assert split_seed_namespace("compare.simclr.seed_x") is None
+    assert split_seed_namespace(".seed_3") is None

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from directclr import devices
-from directclr.devices import AUTO_PRECISION_ENV, cpu_bf16_support, resolve_precision, use_bf16
+from directclr.devices import AUTO_PRECISION_ENV, cpu_bf16_support, resolve_precision
 from directclr.export import EmbeddingsConfig, export_embeddings
 from directclr.models import build_model, encode, model_artifact, model_from_artifact
 from directclr.training import PretrainingConfig, pretrain
@@ -17,8 +17,8 @@ CPU = torch.device("cpu")
 
 def test_the_suite_pins_auto_to_fp32():
     # conftest sets it for every test, so none depends on the CPU running the suite.
-    assert use_bf16("auto", CPU) is False
-    assert resolve_precision("auto", CPU)[1].endswith(f"{AUTO_PRECISION_ENV}=fp32")
+    bf16, why = resolve_precision("auto", CPU)
+    assert bf16 is False and why.endswith(f"{AUTO_PRECISION_ENV}=fp32")
 
 
 def test_explicit_precisions_are_what_they_say():
@@ -60,11 +60,12 @@ def test_auto_is_fp32_on_other_devices(monkeypatch):
 
 def test_the_environment_overrides_auto_only(monkeypatch):
     monkeypatch.setenv(AUTO_PRECISION_ENV, "bf16")
-    assert use_bf16("auto", CPU) is True
-    assert use_bf16("fp32", CPU) is False
+    bf16, why = resolve_precision("auto", CPU)
+    assert bf16 is True and why.endswith(f"{AUTO_PRECISION_ENV}=bf16")
+    assert resolve_precision("fp32", CPU) == (False, "precision=fp32")
     monkeypatch.setenv(AUTO_PRECISION_ENV, "half")
     with pytest.raises(ValueError, match=f"{AUTO_PRECISION_ENV}='half'"):
-        use_bf16("auto", CPU)
+        resolve_precision("auto", CPU)
 
 
 def test_cpu_support_is_detected_with_or_without_torchs_probes(monkeypatch):

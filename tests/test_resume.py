@@ -11,7 +11,7 @@ import torch
 
 from directclr.batches import TensorBatches
 from directclr.checkpoints import CheckpointStore
-from directclr.devices import use_bf16
+from directclr.devices import resolve_precision
 from directclr.training import PretrainingConfig, pretrain, run_key
 
 SETTINGS = dict(width=4, d0=8, epochs=5, batch_size=64, warmup_epochs=1, checkpoint_every=1,
@@ -45,7 +45,8 @@ CHILD = textwrap.dedent(
 
 def _cpu_key(config: PretrainingConfig, fingerprint: str) -> str:
     """The key a one-process CPU run of ``config`` checkpoints under."""
-    return run_key(config, fingerprint, 1, "cpu", use_bf16(config.precision, torch.device("cpu")))
+    bf16, _ = resolve_precision(config.precision, torch.device("cpu"))
+    return run_key(config, fingerprint, 1, "cpu", bf16)
 
 
 def _child(tmp_path, slow: str) -> subprocess.Popen:

@@ -18,8 +18,13 @@ from directclr.toys import (
     alignment_matrix,
     collapse_prediction,
     depth_sweep,
+    depth_sweep_lines,
+    depth_sweep_metrics,
     dot_product_theory_matrix,
+    final_alignment,
     noise_sweep,
+    noise_sweep_lines,
+    noise_sweep_metrics,
     principal_cos2,
     theory_matrix,
 )
@@ -187,6 +192,46 @@ def test_alignment_matrix_of_aligned_layers_is_the_identity():
     s = torch.diag(torch.tensor([5.0, 4, 3, 2, 1], dtype=torch.float64))
     lower, upper = u1 @ s @ v1.T, u2 @ s @ u1.T  # the upper layer reads U1's directions
     np.testing.assert_allclose(alignment_matrix(lower, upper), np.eye(5), atol=1e-10)
+
+
+def test_the_noise_sweeps_metrics_say_which_matrix_predicts_and_log_a_line_per_level():
+    summary = pd.DataFrame({"noise": [0.01, 1.5], "observed_collapsed": [0, 8],
+                            "predicted_collapsed": [0, 6], "negative_x_eigenvalues_final": [0, 8],
+                            "principal_cos2_final": [np.nan, 0.75],
+                            "noisy_to_clean_weight_ratio": [1.0, 0.0123]})  # fmt: skip
+    config = StrongAugmentationConfig(loss="dot_product", spectrum="raw")
+    metrics = noise_sweep_metrics(summary, config)
+    assert metrics["runs"][0]["principal_cos2_final"] is None  # JSON has no NaN
+    assert metrics["parameters"] == config.model_dump()
+    assert metrics["theory_matrix"].startswith("the exact matrix X~ of the dot-product loss")
+    assert "covariance of raw z (np.cov)" in metrics["observed_collapsed"]
+    cosine = noise_sweep_metrics(summary, StrongAugmentationConfig())
+    assert cosine["theory_matrix"].startswith("Eq. 6's X on L2-normalised z")
+    assert noise_sweep_lines(metrics) == [
+        "toy_strong_augmentation: noise 0.01 -> collapsed 0 of 16 (X predicts 0 at the start, 0 "
+        "at the end; cos^2 None); noisy/clean weight ratio 1",
+        "toy_strong_augmentation: noise 1.50 -> collapsed 8 of 16 (X predicts 6 at the start, 8 "
+        "at the end; cos^2 0.75); noisy/clean weight ratio 0.0123",
+    ]
+
+
+def test_the_depth_sweeps_metrics_and_the_final_alignment_matrices():
+    aligned = pd.array([None, 3], "Int64")  # one layer has no pair to align
+    summary = pd.DataFrame({"layers": [1, 2], "collapsed": [0, 3], "collapsed_at_init": [0, 0],
+                            "collapsed_rows_aligned_on_diagonal": aligned})  # fmt: skip
+    metrics = depth_sweep_metrics(summary, ImplicitRegularizationConfig(dim=4, probe_size=16))
+    assert metrics["runs"][0]["collapsed_rows_aligned_on_diagonal"] is None
+    assert "covariance of L2-normalised z" in metrics["collapsed"]
+    assert depth_sweep_lines(metrics) == [
+        "toy_implicit_regularization: 1 layer(s) -> collapsed 0 of 4 (0 at init)",
+        "toy_implicit_regularization: 2 layer(s) -> collapsed 3 of 4 (0 at init)",
+    ]
+    rows = [{"layers": 2, "step": step, "pair": "V2^T U1", "row": i, "column": j,
+             "value": step + 10 * i + j}
+            for step in (0, 9) for i in (1, 2) for j in (1, 2)]  # fmt: skip
+    matrices = final_alignment(pd.DataFrame(rows))
+    assert list(matrices) == ["2 layers: |V2^T U1|"]  # the last step only
+    np.testing.assert_array_equal(matrices["2 layers: |V2^T U1|"], [[20, 21], [30, 31]])
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ from directclr.training import (
     execution_setting,
     execution_settings,
     run_key,
+    validated_settings,
 )
 
 
@@ -59,3 +60,11 @@ def test_changing_an_execution_only_setting_keeps_the_key(name):
 def test_changing_a_computed_setting_changes_the_key():
     assert run_key(PretrainingConfig(lr=2e-3), "data") != run_key(PretrainingConfig(), "data")
     assert run_key(PretrainingConfig(), "data", bf16=True) != run_key(PretrainingConfig(), "data")
+
+
+def test_a_node_takes_only_settings_the_hook_validated():
+    config = PretrainingConfig(epochs=2)
+    assert validated_settings(config, "pretrain_model") is config
+    # The raw parameters (a run outside the project's hooks) are refused, naming the node.
+    with pytest.raises(TypeError, match=r"^initialise_model needs the run's validated settings"):
+        validated_settings({"epochs": 2}, "initialise_model")

@@ -52,6 +52,23 @@ CONCLUSIVE_SEEDS = 5
 CONTROL = "random_init"
 
 
+_SEED = ".seed_"
+
+
+def seed_namespace(comparison: str, run: str, seed: int) -> str:
+    """The namespace of one run of a comparison with one seed: ``compare.simclr.seed_0``."""
+    return f"{comparison}.{run}{_SEED}{seed}"
+
+
+def split_seed_namespace(namespace: str) -> tuple[str, int] | None:
+    """The inverse of :func:`seed_namespace`: ``("compare.simclr", 0)`` for
+    ``compare.simclr.seed_0``; None for a namespace of no seed (``directclr``)."""
+    head, found, seed = namespace.rpartition(_SEED)
+    if not found or not head or not seed.isdigit():
+        return None
+    return head, int(seed)
+
+
 def lookup(params: dict[str, Any], dotted: str) -> Any:
     """``params["a"]["b"]`` for ``"a.b"``; None where the path does not exist. Sections
     that Kedro has already turned into typed settings are read the same way."""

@@ -107,11 +107,6 @@ def resolve_precision(
     return False, f"precision=auto on {device.type}: fp32"
 
 
-def use_bf16(precision: str, device: torch.device) -> bool:
-    """Whether a run computes under bf16 autocast: :func:`resolve_precision` without the why."""
-    return resolve_precision(precision, device)[0]
-
-
 def _check_device(name: str) -> str:
     if name != "auto":
         resolve_device(name)

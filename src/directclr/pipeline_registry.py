@@ -28,7 +28,7 @@ from pathlib import Path
 from kedro.framework.project import settings
 from kedro.pipeline import Pipeline
 
-from directclr.comparison import CONTROL
+from directclr.comparison import CONTROL, seed_namespace
 from directclr.pipelines import (
     analyze,
     comparison,
@@ -105,11 +105,6 @@ def data_prep_pipeline() -> Pipeline:
 def method_pipeline(run: str) -> Pipeline:
     """All five stages for one run: data_prep, then the run's model stages."""
     return data_prep_pipeline() + run_pipeline(run)
-
-
-def seed_namespace(comparison: str, run: str, seed: int) -> str:
-    """The namespace of one run of a comparison with one seed."""
-    return f"{comparison}.{run}.seed_{seed}"
 
 
 def comparison_pipeline(name: str, runs: list[str], seeds: list[int]) -> Pipeline:

@@ -44,7 +44,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 from scipy.stats import rankdata, spearmanr
 
-from directclr.comparison import CONTROL, lookup
+from directclr.comparison import CONTROL, lookup, seed_namespace, split_seed_namespace
 from directclr.plots import metric_vs_accuracy_figure
 
 # Label-free metrics, by stem: a column <stem>_r or <stem>_z of the runs table is a metric of
@@ -290,17 +290,28 @@ def tracked_runs(tracked: pd.DataFrame, comparisons: list[str]) -> pd.DataFrame:
     frames = []
     if tracked is not None and len(tracked) and PROBE in tracked:
         for name in comparisons:
-            parts = tracked["namespace"].str.extract(rf"^{re.escape(name)}\.(.+)\.seed_(\d+)$")
-            mine = tracked[parts[0].notna() & tracked[PROBE].notna()].copy()
+            parts = pd.DataFrame(
+                [_run_and_seed(name, space) for space in tracked["namespace"]],
+                index=tracked.index, columns=["run", "seed"],
+            )  # fmt: skip
+            mine = tracked[parts["run"].notna() & tracked[PROBE].notna()].copy()
             mine["comparison"] = name
-            mine["run"] = parts.loc[mine.index, 0]
-            mine["seed"] = parts.loc[mine.index, 1].astype(int)
+            mine["run"] = parts.loc[mine.index, "run"]
+            mine["seed"] = parts.loc[mine.index, "seed"].astype(int)
             mine = mine.sort_values("start_time", ascending=False)
             frames.append(mine.drop_duplicates(["namespace", "checkpoint_key"]))
     runs = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     if len(runs):
         runs.loc[runs["run"] == CONTROL, "temperature"] = math.nan  # it never trained
     return _run_columns_first(runs)
+
+
+def _run_and_seed(comparison: str, namespace: str) -> tuple[str | None, int | None]:
+    """The run and seed of ``namespace`` if it is one of ``comparison``'s, else Nones."""
+    split = split_seed_namespace(namespace)
+    if split is None or not split[0].startswith(f"{comparison}."):
+        return None, None
+    return split[0].removeprefix(f"{comparison}."), split[1]
 
 
 def _temperature(run: str, entries: dict, recipe: dict) -> float:
@@ -326,7 +337,7 @@ def catalog_runs(
         frame = table.copy()
         frame["comparison"] = name
         pairs = zip(frame["run"], frame["seed"], strict=True)
-        frame["namespace"] = [f"{name}.{run}.seed_{int(seed)}" for run, seed in pairs]
+        frame["namespace"] = [seed_namespace(name, run, int(seed)) for run, seed in pairs]
         temperature = pd.Series([_temperature(run, settings[name], recipe) for run in frame["run"]],
                                 index=frame.index, dtype=float)  # fmt: skip
         if "temperature" in frame:  # a table that records it is believed first

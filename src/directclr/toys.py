@@ -534,6 +534,45 @@ def noise_sweep(
     )
 
 
+def noise_sweep_metrics(summary: pd.DataFrame, config: StrongAugmentationConfig) -> dict:
+    """The noise sweep's metrics file: one record per noise level (:func:`noise_sweep`'s
+    summary), the settings, and what each count means: which matrix predicts collapse, which
+    rule observes it, what the principal angles compare."""
+    matrix = (
+        "the exact matrix X~ of the dot-product loss trained (-dL/dW~ = W~ X~ / (N tau))"
+        if config.loss == "dot_product"
+        else "Eq. 6's X on L2-normalised z (an approximation for the cosine loss trained)"
+    )
+    spectrum = "raw z (np.cov)" if config.spectrum == "raw" else "L2-normalised z"
+    return {
+        "runs": json_records(summary),
+        "parameters": config.model_dump(),
+        "theory_matrix": matrix,
+        "predicted_collapsed": f"eigenvalues of {matrix} below -{config.negative_eps} times its "
+        "largest absolute eigenvalue",
+        "observed_collapsed": f"eigenvalues of the covariance of {spectrum} on clean inputs, "
+        "after training, numerically zero or below the deepest cliff of the log spectrum (a "
+        f"drop of >= {config.cliff_decades} decades, steeper than i^-{config.cliff_slope})",
+        "principal_cos2": "mean cos^2 of the principal angles between the predicted "
+        "eigenvectors and W's right singular vectors whose squared singular value collapsed "
+        "by the same rule (NaN/None when either set is empty)",
+    }
+
+
+def noise_sweep_lines(metrics: dict) -> list[str]:
+    """One log line per noise level of :func:`noise_sweep_metrics`: collapse observed
+    against predicted, and how much W still reads the noisy inputs."""
+    dim = metrics["parameters"]["dim"]
+    return [
+        f"toy_strong_augmentation: noise {run['noise']:.2f} -> collapsed "
+        f"{run['observed_collapsed']:d} of {dim:d} (X predicts {run['predicted_collapsed']:d} "
+        f"at the start, {run['negative_x_eigenvalues_final']:d} at the end; cos^2 "
+        f"{run['principal_cos2_final']}); noisy/clean weight ratio "
+        f"{run['noisy_to_clean_weight_ratio']:.3g}"
+        for run in metrics["runs"]
+    ]
+
+
 def initial_weights(
     layers: int,
     dim: int,
@@ -661,3 +700,43 @@ def depth_sweep(
             }
         ),
     )
+
+
+def depth_sweep_metrics(summary: pd.DataFrame, config: ImplicitRegularizationConfig) -> dict:
+    """The depth sweep's metrics file: one record per depth (:func:`depth_sweep`'s summary),
+    the settings, and what each count means."""
+    spectrum = "raw" if config.spectrum == "raw" else "L2-normalised"
+    return {
+        "runs": json_records(summary),
+        "parameters": config.model_dump(),
+        "collapsed": f"embedding eigenvalues (covariance of {spectrum} z, clean inputs) that "
+        "are numerically zero or below the deepest cliff of the log spectrum (a drop of >= "
+        f"{config.cliff_decades} decades, steeper than i^-{config.cliff_slope})",
+        "collapsed_rows_aligned_on_diagonal": "of the rows of |V2^T U1| for the collapsed "
+        "directions (the smallest singular values), how many have their largest entry on "
+        "the diagonal",
+        "collapsed_rows_aligned_within_collapsed": "... how many have it in a collapsed column",
+    }
+
+
+def depth_sweep_lines(metrics: dict) -> list[str]:
+    """One log line per depth of :func:`depth_sweep_metrics`: collapse at the end and at
+    initialisation."""
+    dim = metrics["parameters"]["dim"]
+    return [
+        f"toy_implicit_regularization: {run['layers']:d} layer(s) -> collapsed "
+        f"{run['collapsed']:d} of {dim:d} ({run['collapsed_at_init']:d} at init)"
+        for run in metrics["runs"]
+    ]
+
+
+def final_alignment(alignment: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The alignment matrices |V_{l+1}^T U_l| of the last recorded step, one per depth and
+    pair of adjacent layers, named ``"<layers> layers: |<pair>|"``."""
+    last = alignment[alignment["step"] == alignment["step"].max()]
+    return {
+        f"{layers} layers: |{pair}|": run.pivot_table(
+            index="row", columns="column", values="value"
+        ).to_numpy()
+        for (layers, pair), run in last.groupby(["layers", "pair"])
+    }

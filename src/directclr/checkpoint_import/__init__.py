@@ -25,18 +25,22 @@ measure them unchanged. One module per step:
 * :mod:`.convert` checks the backbone against the architecture of :class:`EncoderConfig` and
   builds the model (:func:`convert_checkpoint`); a file whose keys or shapes do not fit is
   refused, listing missing, unexpected and mis-shaped keys and the setting to change.
-  :func:`fit_to_dataset` then checks it against the dataset it will encode.
+  :func:`fit_to_dataset` then checks it against the dataset it will encode, and
+  :func:`import_summary` (with :func:`small_images_warning`) reads the report out for the log.
 """
 
 from directclr.checkpoint_import.convert import (
     IGNORED_FOR_ARTIFACTS,
     IMAGENET_MEAN,
     IMAGENET_STD,
+    SMALLEST_IMAGENET_INPUT,
     ChannelStats,
     EncoderConfig,
     convert_checkpoint,
     fit_to_dataset,
+    import_summary,
     resolve_normalization,
+    small_images_warning,
 )
 from directclr.checkpoint_import.foreign import (
     UnreadableObject,
@@ -69,6 +73,7 @@ __all__ = [
     "IMAGENET_STD",
     "KEY_PREFIXES",
     "RESNET_CHILDREN",
+    "SMALLEST_IMAGENET_INPUT",
     "WRAPPERS",
     "ChannelStats",
     "ConvertedProjector",
@@ -80,6 +85,7 @@ __all__ = [
     "fit_to_dataset",
     "flatten_checkpoint",
     "guess_backbone",
+    "import_summary",
     "is_model_artifact",
     "key_problems",
     "load_foreign_checkpoint",
@@ -88,6 +94,7 @@ __all__ = [
     "placeholder_name",
     "resnet_from_sequential",
     "resolve_normalization",
+    "small_images_warning",
     "unreadable_entries",
     "unwrap",
     "wrappers",

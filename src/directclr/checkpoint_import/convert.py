@@ -370,3 +370,46 @@ def fit_to_dataset(artifact: dict, report: dict, dataset_card: dict) -> tuple[di
         _set_stats(artifact["state_dict"], stats)
         report |= _normalization("dataset", stats)
     return artifact, report
+
+
+# ---------------------------------------------------------------------------------------------
+# The import report, read out
+
+SMALLEST_IMAGENET_INPUT = 32  # resnet50's ImageNet stem and stages downsample 32x
+
+
+def small_images_warning(report: dict) -> str | None:
+    """A warning when the dataset's images are too small for the imported encoder (a
+    resnet50 whose last feature maps would be 1x1); None when they fit."""
+    side = min(report["image_shape"][1:])
+    if report["backbone"] != "resnet50" or side >= SMALLEST_IMAGENET_INPUT:
+        return None
+    return (
+        f"import_encoder: resnet50 downsamples 32x and the images are {side:d} px; its last "
+        "feature maps are 1x1. Set data_prep.image_size (e.g. 224) for images like its "
+        "training data"
+    )
+
+
+def import_summary(report: dict) -> str:
+    """One line of what an import (:func:`convert_checkpoint`, then :func:`fit_to_dataset`)
+    made of the file: its layout, the model, the embedding, what was set aside (dropped or
+    unused entries, renamed keys, weights from inside the file, entries left unread) and the
+    normalisation."""
+    set_aside = [f"dropped {', '.join(report['dropped_keys'])}"] if report["dropped_keys"] else []
+    if report["unused_entries"]:
+        set_aside.append(f"unused entries {', '.join(report['unused_entries'])}")
+    if report.get("renamed_keys"):
+        set_aside.append(f"backbone read as {report['renamed_keys']}")
+    if report["weights"] != "the file's top level":
+        set_aside.append(f"weights from {report['weights']}")
+    if report["unreadable_entries"]:
+        # Pickled objects (hyper-parameters and the like) that were not rebuilt: nothing of
+        # them is used, and they were never run.
+        set_aside.append(f"left unread: {', '.join(report['unreadable_entries'])}")
+    return (
+        f"import_encoder: {report['layout']} checkpoint -> model ({report['backbone']}, r "
+        f"{report['representation_dim']:d}-d, {report['in_channels']:d} channels; "
+        f"{'; '.join([report['embedding'], *set_aside])}; normalisation "
+        f"{report['normalization']['source']})"
+    )

@@ -15,6 +15,7 @@ from typing import Any
 from kedro.config import OmegaConfigLoader
 from kedro.framework.hooks import hook_impl
 
+from directclr.comparison import split_seed_namespace
 from directclr.framework.parameters import (
     catalog_text,
     check_comparison_settings,
@@ -157,7 +158,7 @@ def _check_comparisons(pipeline, params: dict[str, Any], env: str | None) -> Non
                 f"registered before --env is known. Run with the environment variable "
                 f"KEDRO_ENV={env} instead of --env={env}"
             )
-        registered_seeds = sorted({int(run.rsplit("seed_", 1)[1]) for run in namespaces})
+        registered_seeds = sorted({split_seed_namespace(run)[1] for run in namespaces})
         given = (params.get(comparison) or {}).get("seeds")
         valid = isinstance(given, list) and given and len(set(map(str, given))) == len(given)
         # An empty or repeated list is check_comparison_settings' to report, as given.

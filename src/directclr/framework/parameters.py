@@ -19,10 +19,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from directclr.comparison import lookup
+from directclr.comparison import lookup, split_seed_namespace
 from directclr.pipelines.sections import SETTINGS_SECTIONS, settings_class
 
-_SEED_NAMESPACE = re.compile(r"(?P<run>.+)\.seed_(?P<seed>\d+)")
 _RUNTIME_REFERENCE = re.compile(r"\$\{runtime_params:\s*([A-Za-z0-9_.]+)")
 
 
@@ -125,10 +124,7 @@ def runs_in(pipeline) -> list[str]:
 def _run_parameters(run: str) -> tuple[str, int | None]:
     """Where a run's own settings live, and the seed its namespace sets: a comparison's
     ``compare.simclr.seed_2`` reads ``compare.simclr.pretraining`` with seed 2."""
-    match = _SEED_NAMESPACE.fullmatch(run)
-    if match:
-        return match["run"], int(match["seed"])
-    return run, None
+    return split_seed_namespace(run) or (run, None)
 
 
 def run_settings_of(params: dict[str, Any], runs: list[str]) -> dict[str, Any]:

@@ -19,16 +19,23 @@ from directclr.training.config import (
     merge_settings,
     run_key,
     run_settings,
+    validated_settings,
 )
-from directclr.training.control import random_init_model
+from directclr.training.control import control_summary, random_init_model, untrained_history
 from directclr.training.loop import pretrain
-from directclr.training.monitoring import Recorder, check_not_constant, spectrum_history
+from directclr.training.monitoring import (
+    Recorder,
+    check_not_constant,
+    spectrum_history,
+    training_summary,
+)
 
 __all__ = [
     "PretrainingConfig",
     "Recorder",
     "SettingsError",
     "check_not_constant",
+    "control_summary",
     "execution_setting",
     "execution_settings",
     "merge_settings",
@@ -37,4 +44,7 @@ __all__ = [
     "run_key",
     "run_settings",
     "spectrum_history",
+    "training_summary",
+    "untrained_history",
+    "validated_settings",
 ]

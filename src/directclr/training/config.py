@@ -162,6 +162,18 @@ def run_settings(recipe: dict, overrides: dict | None, run: str = "") -> Pretrai
         raise SettingsError(f"invalid pretraining settings{where}: {'; '.join(problems)}") from None
 
 
+def validated_settings(settings: Any, node: str) -> PretrainingConfig:
+    """``settings`` as a node that trains or builds a run's model receives them: already
+    merged and validated (:func:`run_settings`, which the project's hook calls before any
+    node runs). Anything else means the node was run without those hooks."""
+    if not isinstance(settings, PretrainingConfig):
+        raise TypeError(
+            f"{node} needs the run's validated settings; run it through the project's "
+            "hooks (kedro run, or a KedroSession of this project)"
+        )
+    return settings
+
+
 def _problem(error: dict, overrides: dict | None, run: str) -> str:
     """One validation error, naming the setting as the user set it."""
     path = tuple(str(p) for p in error["loc"])

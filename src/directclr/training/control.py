@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import torch
 from torch import nn
 
@@ -36,3 +37,17 @@ def random_init_model(
     for norm in norms:
         norm.momentum = 0.1
     return model.eval().cpu()
+
+
+def untrained_history() -> pd.DataFrame:
+    """The control's training history: the columns of one, and no epoch."""
+    return pd.DataFrame(columns=["epoch", "step", "loss", "seconds"])
+
+
+def control_summary(config: PretrainingConfig, images: int) -> str:
+    """One line for the log: which architecture and seed the control is, and how many
+    training images its BatchNorm statistics come from."""
+    return (
+        f"random_init: {config.method} architecture, seed {config.seed:d}, never trained; "
+        f"BatchNorm statistics from {images:d} training images"
+    )

@@ -249,6 +249,17 @@ def log_epoch(row: dict[str, float], epochs: int) -> None:
     )  # fmt: skip
 
 
+def training_summary(config: PretrainingConfig, images: int, history: pd.DataFrame) -> str:
+    """One line for the log when a run has trained: its method, data and epochs, and the
+    last epoch's loss, online probe and effective ranks."""
+    last = history.iloc[-1]
+    return (
+        f"pretraining: {config.method} on {images:d} images, {config.epochs:d} epochs -> model "
+        f"(final loss {last['loss']:.4f}, online probe {last['online_probe_accuracy']:.3f}, "
+        f"effective rank r {last['effective_rank_r']:.1f}, z {last['effective_rank_z']:.1f})"
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # Showing the run as it goes
 

@@ -7,7 +7,13 @@ from typing import Any
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from directclr.comparison import compare, comparison_summary, summary_markdown, to_markdown
+from directclr.comparison import (
+    compare,
+    comparison_summary,
+    split_seed_namespace,
+    summary_markdown,
+    to_markdown,
+)
 from directclr.plots import collapsed_vs_d0_figure, spectra_overlay_figure
 
 logger = logging.getLogger(__name__)
@@ -29,7 +35,7 @@ def make_compare_runs(comparison: str, namespaces: dict[str, list[str]]) -> Call
     seeds (mean, std and paired differences against the reference) and its Markdown, the
     spectra of all runs with their spread over seeds, and collapsed dimensions against d0 for
     the runs that have a d0 (:func:`directclr.comparison.compare`)."""
-    order = [(run, int(space.rsplit("seed_", 1)[1]), run_artifacts(space))
+    order = [(run, split_seed_namespace(space)[1], run_artifacts(space))
              for run, spaces in namespaces.items() for space in spaces]  # fmt: skip
 
     def compare_runs(reference: str, **artifacts: Any) -> Report:

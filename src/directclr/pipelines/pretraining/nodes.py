@@ -11,7 +11,7 @@ from directclr.checkpoints import CheckpointStore
 from directclr.models import model_artifact
 from directclr.plots import training_history_figure
 from directclr.tracking import RunRecorder
-from directclr.training import PretrainingConfig, pretrain
+from directclr.training import pretrain, training_summary, validated_settings
 
 logger = logging.getLogger(__name__)
 
@@ -37,12 +37,7 @@ def pretrain_model(
     Returns the model artifact, the training history, the spectrum history and a figure of
     the history. Checkpoints go to the ``checkpoints`` store while training runs.
     """
-    if not isinstance(settings, PretrainingConfig):
-        raise TypeError(
-            "pretrain_model needs the run's validated settings; run it through the project's "
-            "hooks (kedro run, or a KedroSession of this project)"
-        )
-    params = settings
+    params = validated_settings(settings, "pretrain_model")
     source = training_batches(dataset, params.batch_size, params.seed, params.num_workers)
     model, history, spectra = pretrain(
         source,
@@ -53,17 +48,6 @@ def pretrain_model(
         checkpoints=checkpoints,
         recorder=tracking,
     )
-    last = history.iloc[-1]
-    logger.info(
-        "pretraining: %s on %d images, %d epochs -> model (final loss %.4f, online probe %.3f, "
-        "effective rank r %.1f, z %.1f)",
-        params.method,
-        source.num_images,
-        params.epochs,
-        last["loss"],
-        last["online_probe_accuracy"],
-        last["effective_rank_r"],
-        last["effective_rank_z"],
-    )
+    logger.info(training_summary(params, source.num_images, history))
     figure = training_history_figure(history, f"{params.method}: training history")
     return model_artifact(model, params, source.channels), history, spectra, figure

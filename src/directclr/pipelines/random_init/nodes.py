@@ -7,7 +7,13 @@ import pandas as pd
 
 from directclr.batches import training_batches
 from directclr.models import model_artifact
-from directclr.training import PretrainingConfig, random_init_model, spectrum_history
+from directclr.training import (
+    control_summary,
+    random_init_model,
+    spectrum_history,
+    untrained_history,
+    validated_settings,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -21,19 +27,11 @@ def initialise_model(
 
     ``settings`` arrive validated from the project's hook, as for pretraining.
     """
-    if not isinstance(settings, PretrainingConfig):
-        raise TypeError(
-            "initialise_model needs the run's validated settings; run it through the project's "
-            "hooks (kedro run, or a KedroSession of this project)"
-        )
-    source = training_batches(dataset, settings.batch_size, settings.seed, settings.num_workers)
+    params = validated_settings(settings, "initialise_model")
+    source = training_batches(dataset, params.batch_size, params.seed, params.num_workers)
     model = random_init_model(
-        source, settings, dataset_card["channel_mean"], dataset_card["channel_std"]
+        source, params, dataset_card["channel_mean"], dataset_card["channel_std"]
     )
-    logger.info(
-        "random_init: %s architecture, seed %d, never trained; BatchNorm statistics from %d "
-        "training images",
-        settings.method, settings.seed, source.num_images,
-    )  # fmt: skip
-    history = pd.DataFrame(columns=["epoch", "step", "loss", "seconds"])
-    return model_artifact(model, settings, source.channels), history, spectrum_history([])
+    logger.info(control_summary(params, source.num_images))
+    history, spectra = untrained_history(), spectrum_history([])
+    return model_artifact(model, params, source.channels), history, spectra
