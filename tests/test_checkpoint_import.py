@@ -196,6 +196,9 @@ def test_this_projects_own_artifact_is_used_as_it_is():
         torch.equal(converted["state_dict"][k], v) for k, v in artifact["state_dict"].items()
     )
     assert report["layout"] == "model_artifact"
+    # The file names its architecture: every setting but the normalisation is set aside.
+    assert set(report["ignored_settings"]) == set(EncoderConfig.model_fields) - {"normalization"}
+    assert "stem" in report["ignored_settings"]
     assert report["normalization"] == {"source": "file", "mean": [pytest.approx(0.3)],
                                        "std": [pytest.approx(0.2)]}  # fmt: skip
     # The input normalisation can still be set from the parameters.

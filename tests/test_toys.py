@@ -301,3 +301,13 @@ def test_registry_has_both_toys_tagged_with_their_names():
         assert nodes and all(node.tags == {name} for node in nodes)
         assert all(node.namespace == name for node in nodes)
     assert not set(pipelines["__default__"].nodes) & set(pipelines["toy_strong_augmentation"].nodes)
+
+
+def test_the_depth_sweeps_alignment_table_is_numeric_with_a_one_layer_run():
+    # One layer has no adjacent pair: its empty table must not turn the sweep's columns
+    # into objects (the in-memory table is plotted as it is).
+    _, _, alignment, _ = depth_sweep(
+        ImplicitRegularizationConfig(layers=[1, 2], steps=200, record_every=100)
+    )
+    assert alignment["value"].dtype == "float64" and alignment["step"].dtype == "int64"
+    assert set(alignment["layers"]) == {2}

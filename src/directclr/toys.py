@@ -611,6 +611,13 @@ def alignment_matrix(lower: torch.Tensor, upper: torch.Tensor) -> np.ndarray:
     return (v.T @ u).abs().numpy()
 
 
+# The alignment table of the implicit-regularization toy: one row per matrix entry.
+ALIGNMENT_COLUMNS = {
+    "layers": "int64", "step": "int64", "pair": "object", "row": "int64", "column": "int64",
+    "value": "float64",
+}  # fmt: skip
+
+
 @one_cpu_thread()
 def implicit_regularization_run(
     layers: int, config: ImplicitRegularizationConfig
@@ -677,7 +684,9 @@ def implicit_regularization_run(
     return (
         pd.DataFrame(spectra),
         pd.DataFrame(singular_values),
-        pd.DataFrame(alignments, columns=["layers", "step", "pair", "row", "column", "value"]),
+        # Typed columns, so that one layer's empty table leaves the sweep's concatenation
+        # numeric (with object columns the in-memory table would not plot).
+        pd.DataFrame(alignments, columns=list(ALIGNMENT_COLUMNS)).astype(ALIGNMENT_COLUMNS),
         summary,
     )
 

@@ -153,9 +153,9 @@ def _normalization(source: str, stats: ChannelStats | None) -> dict:
 # ---------------------------------------------------------------------------------------------
 # Conversion
 
-IGNORED_FOR_ARTIFACTS = [
-    "backbone", "width", "norm", "backbone_entry", "projector_entry", "d0", "use_ema",
-]  # fmt: skip
+# A model artifact names its own architecture and parts: of the settings, only the
+# normalisation applies to it; every other one is reported as ignored.
+IGNORED_FOR_ARTIFACTS = [name for name in EncoderConfig.model_fields if name != "normalization"]
 
 
 def _import_artifact(artifact: dict, config: EncoderConfig, settings: str) -> tuple[dict, dict]:
