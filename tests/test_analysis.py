@@ -3,12 +3,15 @@ import pytest
 import torch
 
 from directclr.analysis import (
+    NumericalError,
     Spectrum,
+    _eigenvalues,
     collapsed_dimensions,
     covariance_spectrum,
     effective_rank,
     embedding_spectrum,
     find_cliff,
+    lidar,
     log_spectrum,
     nesum,
     normalised_std,
@@ -253,3 +256,48 @@ def test_normalised_std_is_one_over_root_d_when_spread_and_zero_when_collapsed()
     assert normalised_std(embedding_spectrum(x)) == pytest.approx(float(torch_std), rel=1e-9)
     one_point = np.tile(rng.standard_normal((1, 64)), (30, 1))
     assert normalised_std(embedding_spectrum(one_point)) == pytest.approx(0.0, abs=1e-7)
+
+
+# Vectors no numerical routine can handle: the project's message, never LAPACK's alone ---------
+
+
+def _on_one_line(n: int, d: int, scale: float, seed: int = 0) -> np.ndarray:
+    """n vectors a_i v (lengths a_i about ``scale``) plus a 1e-6 relative wobble: what a
+    representation wrecked by lr 100 looks like (|r|^2 up to 1e39)."""
+    rng = np.random.default_rng(seed)
+    v = rng.random(d)
+    v /= np.linalg.norm(v)
+    lengths = scale * (1 + 0.1 * rng.standard_normal((n, 1)))
+    return lengths * (v + 1e-6 * rng.standard_normal((n, d)))
+
+
+@pytest.mark.parametrize("precision", ["float32", "float64"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_the_spectrum_of_non_finite_vectors_names_them_and_what_to_do(precision, bad):
+    x = np.random.default_rng(0).standard_normal((50, 8))
+    x[7, 3] = bad
+    with pytest.raises(
+        NumericalError, match=r"embedding spectrum of r \(test split\) \(50 x 8\).*NaN or "
+        r"infinite.*lower lr or raise temperature and train again.*rerun the stage"
+    ):  # fmt: skip
+        embedding_spectrum(x, precision=precision, vectors="r (test split)")
+
+
+def test_an_eigendecomposition_of_a_non_finite_matrix_names_what_it_was_for():
+    matrix = np.eye(4)
+    matrix[1, 2] = matrix[2, 1] = np.inf
+    with pytest.raises(NumericalError, match=r"LiDAR of z cannot be computed: its 4 x 4 matrix"):
+        _eigenvalues(matrix, "LiDAR of z")
+
+
+def test_lidar_of_views_too_large_for_float64_raises_the_projects_error_not_cholesky():
+    # Sigma_w ~ 1e36, of rank 48 < d = 64: delta = 1e-4 is lost in its rounding and LAPACK's
+    # Cholesky fails ("leading minor not positive definite"); no other delta would be LiDAR.
+    views = _on_one_line(16 * 4, 64, 1e19).reshape(16, 4, 64)
+    with pytest.raises(NumericalError, match=r"LiDAR of r \(augmented train views\) \(16 "
+                       r"samples x 4 views x 64\).*not positive definite.*lower lr"):  # fmt: skip
+        lidar(views, vectors="r (augmented train views)")
+    views[3, 1, 0] = np.nan
+    with pytest.raises(NumericalError, match=r"LiDAR of the views .*NaN or infinite"):
+        lidar(views)
+    assert lidar(_on_one_line(16 * 4, 64, 1.0).reshape(16, 4, 64)) >= 0  # the same shape, sane

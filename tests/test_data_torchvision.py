@@ -247,3 +247,27 @@ def test_download_with_files_in_place_fetches_nothing(tmp_path, monkeypatch, no_
     write_cifar10(tmp_path)
     dataset, _ = prepare(DataConfig(source="cifar10", root=str(tmp_path), download=True))
     assert dataset["train_images"].shape == (100, 3, 32, 32)
+
+
+@pytest.mark.parametrize("source", ["mnist", "fashion_mnist", "svhn", "stl10", "cifar100"])
+def test_random_bytes_in_any_sources_files_are_reported_as_corrupt(tmp_path, source):
+    from directclr.errors import CorruptFileError
+
+    WRITERS[source](tmp_path)
+    damaged = expected_files(source)[0]
+    (tmp_path / damaged).write_bytes(np.random.default_rng(1).bytes(4096))
+    with pytest.raises(CorruptFileError, match="corrupt or incomplete") as error:
+        prepare(DataConfig(source=source, root=str(tmp_path)))
+    message = str(error.value)
+    assert damaged in message and "data_prep.download=true" in message
+    if source in ("mnist", "fashion_mnist"):  # read file by file: only the damaged one named
+        assert expected_files(source)[1] not in message
+
+
+def test_mnist_files_that_disagree_on_the_number_of_images_are_reported(tmp_path):
+    from directclr.errors import CorruptFileError
+
+    write_mnist(tmp_path)
+    _idx(tmp_path / "MNIST/raw/train-labels-idx1-ubyte", np.zeros(30, dtype=np.uint8))
+    with pytest.raises(CorruptFileError, match="train files .* hold 40 images but 30 labels"):
+        prepare(DataConfig(source="mnist", root=str(tmp_path)))

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from directclr.analysis import NumericalError
 from directclr.comparison import PAPER_COLUMN, comparison_row, to_markdown
 from directclr.evaluation import (
     LinearEvalConfig,
@@ -127,3 +128,14 @@ def test_comparison_row_and_markdown():
     assert len(lines) == 4 and lines[1].startswith("|---")
     assert "| directclr | – | directclr | 16 | 0.95 |" in lines[2]  # run, seed, method, d0
     assert "| – |" in lines[3]
+
+
+def test_probes_refuse_non_finite_features_naming_them_not_with_scikit_learns_advice():
+    x, y = _blobs(30, 3, 8, 0.5)
+    x[4, 2] = np.nan
+    with pytest.raises(NumericalError, match=r"linear probe on z \(train split\) cannot be "
+                       r"computed: 1 of the 60 vectors hold NaN.*lower lr"):  # fmt: skip
+        linear_probe(x[:60], y[:60], x[60:], y[60:], C_grid=(1.0,), features="z")
+    x[4, 2] = np.inf
+    with pytest.raises(NumericalError, match=r"kNN accuracy \(train vectors\).*1 of the 60"):
+        knn_accuracy(x[:60], y[:60], x[60:], y[60:], k=5)

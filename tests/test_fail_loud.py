@@ -63,19 +63,19 @@ def _small_digits():
     return dataset["train_images"], dataset["train_labels"], card
 
 
-def test_non_finite_batchnorm_statistics_stop_the_run_and_keep_the_last_good_checkpoint(tmp_path):
+def test_a_huge_learning_rate_stops_the_run_before_its_state_is_saved(tmp_path):
     images, labels, card = _small_digits()
     store = CheckpointStore(tmp_path)
     config = PretrainingConfig(**HUGE_LR)
-    with pytest.raises(FloatingPointError, match=r"running_var became non-finite by step \d+ \("):
+    # Epoch 1 already leaves |r|^2 ~ 1e44 (finite weights): the representation guard stops the
+    # run there, before the BatchNorm statistics overflow in epoch 2, and nothing is saved.
+    with pytest.raises(FloatingPointError, match=r"representation exploded by step 4 \("):
         pretrain(images, labels, config, card["channel_mean"], card["channel_std"], store)
-    (kept,) = tmp_path.glob("*.pt")
-    state = torch.load(kept, weights_only=True)
-    assert state["epoch"] == 1  # the last good state; the bad one was not saved
-    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
-    # Run again with the same settings: it resumes from the good state and stops again.
-    with pytest.raises(FloatingPointError, match="non-finite"):
+    assert list(tmp_path.glob("*.pt")) == []  # the bad state was not saved
+    # Run again with the same settings: it stops again, still saving nothing.
+    with pytest.raises(FloatingPointError, match="exploded"):
         pretrain(images, labels, config, card["channel_mean"], card["channel_std"], store)
+    assert list(tmp_path.glob("*.pt")) == []
 
 
 def test_a_checkpoint_holding_non_finite_values_is_never_reused(tmp_path):
@@ -112,7 +112,7 @@ def test_a_representation_collapsed_to_a_constant_stops_the_run():
 def test_the_pipeline_with_a_huge_learning_rate_fails_and_writes_no_model(project):
     huge = {"optimizer": "sgd", "lr": 1e6, "epochs": 2, "width": 8}
     params = _merged(QUICK, {"pretraining": huge, "directclr": {"pretraining": {"d0": 16}}})
-    with pytest.raises(FloatingPointError, match="non-finite"):
+    with pytest.raises(FloatingPointError, match="non-finite|representation exploded"):
         _session_run(project, params, pipeline_names=["directclr"])
     assert not (project / "data/06_models/directclr/model.pt").exists()
 
@@ -300,3 +300,102 @@ def test_comparisons_follow_kedro_env_and_a_mismatched_env_flag_is_refused(proje
     ):
         session.run(pipeline_names=["compare"])
     assert _written(project) == []
+
+
+# 5. Settings files ----------------------------------------------------------------------------
+
+
+def _conf(tmp_path: Path, files: dict[str, str]) -> Path:
+    """The project's base parameter files and catalog, and ``files`` (path: text) beside them."""
+    from tests.conftest import REPO
+
+    conf = tmp_path / "conf"
+    (conf / "local").mkdir(parents=True)
+    for path in (REPO / "conf/base").glob("*.yml"):
+        (conf / "base").mkdir(exist_ok=True)
+        (conf / "base" / path.name).write_text(path.read_text())
+    for name, text in files.items():
+        (conf / name).parent.mkdir(parents=True, exist_ok=True)
+        (conf / name).write_text(text)
+    return conf
+
+
+def _parameters(conf: Path, env: str | None = None) -> dict:
+    from directclr.framework.parameters import CheckedConfigLoader
+
+    loader = CheckedConfigLoader(str(conf), base_env="base", default_run_env="local", env=env)
+    return loader["parameters"]
+
+
+def test_a_misspelled_section_in_the_local_parameters_file_stops_the_run(project):
+    (project / "conf/local/parameters.yml").write_text("pretrainig: {lr: 0.1}\n")
+    with pytest.raises(UnknownSettingError, match=r"conf/local/parameters.yml: .*pretrainig\.lr "
+                       r"\(did you mean pretraining\.lr"):  # fmt: skip
+        _session_run(project, QUICK, pipeline_names=["directclr"])
+    assert _written(project) == []
+
+
+def test_parameter_files_of_any_environment_are_checked_and_anchors_and_new_runs_pass(tmp_path):
+    conf = _conf(tmp_path, {"trial/parameters.yml": "linear_eval: {knn_kk: 5}\n"})
+    with pytest.raises(UnknownSettingError, match=r"conf/trial/parameters.yml: .*knn_kk "
+                       r"\(did you mean linear_eval\.knn_k"):  # fmt: skip
+        _parameters(conf, env="trial")
+    # Anchors ("_" keys), merge keys, references and a comparison's new run are settings.
+    (conf / "local/parameters.yml").write_text(
+        "_fast: &fast {epochs: 2}\npretraining:\n  <<: *fast\n  lr: ${_fast.epochs}\n"
+        "compare:\n  wide:\n    pretraining: {method: simclr, width: 8}\n"
+    )
+    params = _parameters(conf)
+    assert params["pretraining"]["epochs"] == 2 and params["compare"]["wide"]["pretraining"]
+    (conf / "local/parameters.yml").write_text("compare:\n  wide:\n    pretrainin: {lr: 1}\n")
+    with pytest.raises(UnknownSettingError, match=r"compare\.wide\.pretrainin\.lr \(did you mean"):
+        _parameters(conf)
+
+
+def test_a_duplicate_key_names_the_file_and_the_line(tmp_path):
+    dup = "data_prep:\n  max_samples: 300\n  max_samples: 200\n"
+    conf = _conf(tmp_path, {"local/parameters.yml": dup})
+    with pytest.raises(ValueError, match=r"conf/local/parameters.yml line 3: found duplicate key "
+                       r"max_samples \(in the mapping that starts at line 2\)"):  # fmt: skip
+        _parameters(conf)
+
+
+def test_a_top_k_larger_than_the_representation_is_refused_not_clamped():
+    from directclr.collapse import SpectrumConfig, measure_collapse
+    from directclr.framework.parameters import check_runs_fit_data
+    from directclr.models import ModelConfig
+
+    card = {"source": "digits", "counts": {"train": 300, "test": 60}, "max_samples": 300}
+    settings = {"directclr": run_settings(QUICK["pretraining"], {"d0": 8}, "directclr")}
+    params = {"spectrum": {"top_k": 100000, "split": "train"}}
+    with pytest.raises(ValueError, match=r"spectrum\.top_k=100000 is larger than the 32 "
+                       r"dimensions of directclr's .*at most 32"):  # fmt: skip
+        check_runs_fit_data(card, settings, params, knn=False, spectrum=True)
+    check_runs_fit_data(card, settings, {"spectrum": {"top_k": 32}}, knn=False, spectrum=True)
+    # The spectrum stage itself (an encoder you bring is known only there).
+    embeddings = {"train_r": torch.randn(40, 16), "train_z": torch.randn(40, 4)}
+    with pytest.raises(ValueError, match=r"spectrum\.top_k=17 is larger than the 16 dim"):
+        measure_collapse(embeddings, ModelConfig(method="simclr"), SpectrumConfig(top_k=17))
+
+
+# 3. A learning rate that wrecks the representation without a NaN (issue 21 §2) -----------------
+
+
+@pytest.mark.parametrize("lidar_samples", [0, 16])
+@pytest.mark.parametrize(("optimizer", "lr"), [("adamw", 100.0), ("sgd", 1000.0)])
+def test_a_representation_wrecked_by_a_huge_lr_stops_the_run_with_the_advice(
+    optimizer, lr, lidar_samples
+):
+    # Weights stay finite, but every r ends up on one line with |r|^2 far above 1e12: the
+    # run used to exit 0 without LiDAR, and die in LAPACK's Cholesky with it.
+    images, labels, card = _small_digits()
+    config = PretrainingConfig(
+        method="directclr", width=4, d0=8, optimizer=optimizer, lr=lr, epochs=1, batch_size=64,
+        warmup_epochs=0, lidar_samples=lidar_samples,
+    )  # fmt: skip
+    with pytest.raises(
+        FloatingPointError,
+        match=r"representation (exploded|collapsed to one direction) by step 4 .*the last "
+        r"checkpoint is kept and this state is not saved\. Lower lr or raise temperature",
+    ):
+        pretrain(images[:256], labels[:256], config, card["channel_mean"], card["channel_std"])

@@ -311,3 +311,15 @@ def test_the_depth_sweeps_alignment_table_is_numeric_with_a_one_layer_run():
     )
     assert alignment["value"].dtype == "float64" and alignment["step"].dtype == "int64"
     assert set(alignment["layers"]) == {2}
+
+
+def test_a_diverged_toy_stops_with_the_setting_to_change_before_any_spectrum():
+    from directclr.analysis import NumericalError
+    from directclr.toys import train
+
+    config = StrongAugmentationConfig(steps=4, record_every=2)
+    weight = torch.full((config.dim, config.dim), float("nan"))
+    steps = train([weight], torch.ones(config.dim), config, torch.Generator().manual_seed(0))
+    assert next(steps) == (0, pytest.approx(float("nan"), nan_ok=True))
+    with pytest.raises(NumericalError, match=r"diverged by step 2 .*Lower lr"):
+        next(steps)

@@ -68,7 +68,10 @@ def test_model_artifact_round_trip_gives_the_same_outputs(digits, method):
         torch.testing.assert_close(a, b)
 
 
-def test_a_non_finite_loss_stops_the_run_naming_step_and_lr(digits, monkeypatch):
+def test_a_non_finite_loss_stops_the_run_naming_step_and_lr_and_keeps_the_last_good_checkpoint(
+    digits, monkeypatch, tmp_path
+):
+    from directclr.checkpoints import CheckpointStore
     from directclr.losses import paper_info_nce
 
     calls = []
@@ -81,8 +84,17 @@ def test_a_non_finite_loss_stops_the_run_naming_step_and_lr(digits, monkeypatch)
     monkeypatch.setattr("directclr.training.loop.paper_info_nce", nan_from_step_5)
     # 4 steps per epoch: step 5 is the second step of epoch 2; lr there is known.
     expected_lr = learning_rate(5, 8, 4, 1e-3)
+    dataset, card = digits
+    config = PretrainingConfig(**tiny())
+    images, labels = dataset["train_images"][:256], dataset["train_labels"][:256]
+    store = CheckpointStore(tmp_path)
     with pytest.raises(FloatingPointError, match=rf"at step 5 \(epoch 2, lr {expected_lr:.3g}\)"):
-        _train(digits)
+        pretrain(images, labels, config, card["channel_mean"], card["channel_std"], store)
+    # Epoch 1 was good and stays saved; the bad epoch 2 was not.
+    (path,) = tmp_path.glob("*.pt")
+    state = torch.load(path, weights_only=True)
+    assert state["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
 
 def test_batch_larger_than_the_dataset_is_rejected_before_training(digits):

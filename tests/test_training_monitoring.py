@@ -9,9 +9,12 @@ import torch
 from directclr.models import build_model
 from directclr.training import PretrainingConfig
 from directclr.training.monitoring import (
+    DIRECTION_SPREAD_MIN,
     LIDAR_COLUMNS,
     RANK_METRICS,
     NonFiniteWatch,
+    check_not_constant,
+    direction_spread,
     end_of_epoch_measures,
     epoch_record,
 )
@@ -96,3 +99,59 @@ def test_end_of_epoch_measures_stop_a_model_with_non_finite_weights():
         next(model.parameters())[0] = NAN
     with pytest.raises(FloatingPointError, match="became non-finite by step 7"):
         end_of_epoch_measures(model, probe, images, None, config, 1, 7, 0.1)
+
+
+# The representation guard: one direction, or an explosion, is garbage as a constant is -------
+
+
+def _one_direction(n: int = 256, d: int = 32, scale: float = 1.0) -> torch.Tensor:
+    """Rows a_i v + noise: within cos 0.99999 of v, lengths varying (variance ratio about
+    0.016, as lr 100 gives on digits: the variance test alone passes it)."""
+    g = torch.Generator().manual_seed(0)
+    v = torch.nn.functional.normalize(torch.rand(d, generator=g, dtype=torch.float64), dim=0)
+    lengths = 1 + 0.13 * torch.randn(n, 1, generator=g, dtype=torch.float64)
+    noise = 1e-3 / math.sqrt(d) * torch.randn(n, d, generator=g, dtype=torch.float64)
+    return (scale * lengths * (v + noise)).float()
+
+
+def test_the_guard_stops_a_representation_on_one_direction_whatever_its_variance():
+    r = _one_direction()
+    cosines = torch.nn.functional.cosine_similarity(r, r.mean(0, keepdim=True))
+    assert cosines.min() > 0.99999
+    share = float(r.double().var(0, unbiased=False).sum() / (r.double() ** 2).sum(1).mean())
+    assert 0.005 < share < 0.05  # far above the constant test's 1e-8
+    assert direction_spread(r.double()) < 1e-5
+    with pytest.raises(FloatingPointError, match="collapsed to one direction by step 9 .*"
+                       "Lower lr or raise temperature, then run again"):  # fmt: skip
+        check_not_constant(r, step=9, lr=100.0)
+
+
+def test_the_guard_stops_an_exploding_representation():
+    exploded = torch.randn(256, 32, generator=torch.Generator().manual_seed(1)) * 6e18
+    assert float((exploded.double() ** 2).sum(1).mean()) > 1e39
+    with pytest.raises(FloatingPointError, match=r"exploded by step 3 \(lr 1e\+03\).*run again"):
+        check_not_constant(exploded, step=3, lr=1000.0)
+
+
+def test_the_guard_passes_fresh_and_briefly_trained_models_on_digits():
+    from directclr.data import DataConfig, prepare
+    from directclr.training import pretrain
+    from directclr.training.monitoring import probe_representation
+
+    dataset, card = prepare(DataConfig(max_samples=300))
+    images, labels = dataset["train_images"][:256], dataset["train_labels"][:256]
+    config = PretrainingConfig(width=4, d0=8, epochs=1, batch_size=64, warmup_epochs=0,
+                               lidar_samples=0)  # fmt: skip
+    fresh = build_model(config, 1, card["channel_mean"], card["channel_std"], config.seed)
+    r, _ = probe_representation(fresh, images)
+    # All-positive ReLU outputs: every r within about 15 degrees of the mean direction, yet
+    # some 400x above the guard's bound.
+    assert direction_spread(r.double()) > 100 * DIRECTION_SPREAD_MIN
+    check_not_constant(r, step=0, lr=1e-3)
+    trained, history, _ = pretrain(
+        images, labels, config, card["channel_mean"], card["channel_std"]
+    )
+    r, _ = probe_representation(trained, images)
+    assert direction_spread(r.double()) > 100 * DIRECTION_SPREAD_MIN
+    check_not_constant(r, step=4, lr=1e-3)
+    assert len(history) == 1

@@ -19,6 +19,8 @@ import torch
 from scipy.linalg import blas
 from threadpoolctl import threadpool_limits
 
+from directclr.errors import UserFacingError
+
 CONVENTION = (
     "eigenvalues of the covariance C = 1/N sum (u - mean)(u - mean)^T of the L2-normalised "
     "vectors u, descending; singular values of the centred normalised matrix are sqrt(N * "
@@ -30,6 +32,19 @@ CONVENTION = (
     "ones within min(N - 1, d), plus those below the largest cliff of the log spectrum (a "
     "drop of at least cliff_decades between neighbours, locally steeper than i^-cliff_slope)"
 )
+
+# What to do when a numerical routine cannot give an answer for a set of vectors.
+NUMERICAL_ADVICE = (
+    "such vectors come from a model gone bad (a learning rate too high: lower lr or raise "
+    "temperature and train again) or from a damaged file (rerun the stage that wrote it)"
+)
+
+
+class NumericalError(UserFacingError, FloatingPointError):
+    """A numerical routine (an eigendecomposition, a Cholesky factorisation, a solver) cannot
+    give a meaningful answer for these vectors: they are not finite, or so large or so
+    degenerate that float64 cannot tell their structure. The message names the measure, the
+    vectors and what to do; LAPACK's own error (its cause) never reaches the user alone."""
 
 
 @dataclass(frozen=True)
@@ -93,7 +108,10 @@ class Spectrum:
 
 
 def embedding_spectrum(
-    x: torch.Tensor | np.ndarray, chunk_rows: int | None = None, precision: str | None = None
+    x: torch.Tensor | np.ndarray,
+    chunk_rows: int | None = None,
+    precision: str | None = None,
+    vectors: str = "the vectors",
 ) -> Spectrum:
     """The covariance and second-moment spectra of the L2-normalised rows of ``x``.
 
@@ -113,6 +131,7 @@ def embedding_spectrum(
     ``x`` is not modified and no normalised or centred
     copy of it is made. On CPU the product is a BLAS symmetric rank-k update (half the work
     of x.T @ x) and nothing runs on torch's thread pool; on an accelerator it is a matmul.
+    Vectors holding a NaN or an infinity raise :class:`NumericalError` naming ``vectors``.
     """
     on_cpu = not (isinstance(x, torch.Tensor) and x.device.type != "cpu")
     if isinstance(x, torch.Tensor):
@@ -132,12 +151,20 @@ def embedding_spectrum(
         gram, total, shift = _gram_numpy(x, rows, np.dtype(name))
     else:
         gram, total, shift = _gram_torch(x, rows, getattr(torch, name))
+    if not (np.isfinite(gram).all() and np.isfinite(total).all()):
+        raise NumericalError(
+            f"the embedding spectrum of {vectors} ({n} x {d}) cannot be computed: they hold "
+            f"NaN or infinite values; {NUMERICAL_ADVICE}"
+        )
     g, m = gram / n, total / n
     covariance = g - np.outer(m, m)
     second_moment = g + np.outer(shift, m) + np.outer(m, shift) + np.outer(shift, shift)
     eps = float(np.finfo(np.dtype(name)).eps)
     variances = np.clip(np.diag(covariance).copy(), 0.0, None)
-    return Spectrum(_eigenvalues(covariance), _eigenvalues(second_moment), int(n), eps, variances)
+    what = f"the embedding spectrum of {vectors}"
+    return Spectrum(
+        _eigenvalues(covariance, what), _eigenvalues(second_moment, what), int(n), eps, variances
+    )
 
 
 def _gram_numpy(
@@ -177,17 +204,30 @@ def _gram_torch(
     return gram.cpu().numpy(), total.cpu().numpy(), shift.cpu().numpy()
 
 
-def _eigenvalues(symmetric: np.ndarray) -> np.ndarray:
-    """Eigenvalues of a symmetric float64 matrix, descending, clamped at zero.
+def _eigenvalues(symmetric: np.ndarray, what: str) -> np.ndarray:
+    """Eigenvalues of a symmetric float64 matrix, descending, clamped at zero; a matrix that
+    is not finite, or that LAPACK cannot decompose, raises :class:`NumericalError` naming
+    ``what`` was being computed.
 
     LAPACK's divide and conquer on one BLAS thread: the reduction to tridiagonal form is
     memory-bound, and a second BLAS thread mostly fights torch's thread pool for the cores
     (measured: 0.6 s on one thread against 1.2-2.0 s on two for d = 2048).
     """
-    with threadpool_limits(limits=1, user_api="blas"):
-        lam = scipy.linalg.eigh(
-            symmetric, eigvals_only=True, driver="evd", check_finite=False, overwrite_a=True
+    if not np.isfinite(symmetric).all():
+        raise NumericalError(
+            f"{what} cannot be computed: its {len(symmetric)} x {len(symmetric)} matrix is not "
+            f"finite in float64 (the vectors are too large); {NUMERICAL_ADVICE}"
         )
+    try:
+        with threadpool_limits(limits=1, user_api="blas"):
+            lam = scipy.linalg.eigh(
+                symmetric, eigvals_only=True, driver="evd", check_finite=False, overwrite_a=True
+            )
+    except np.linalg.LinAlgError as error:
+        raise NumericalError(
+            f"{what} cannot be computed: LAPACK's eigendecomposition of its "
+            f"{len(symmetric)} x {len(symmetric)} matrix failed ({error}); {NUMERICAL_ADVICE}"
+        ) from error
     return np.clip(lam[::-1], 0.0, None)
 
 
@@ -384,7 +424,7 @@ LIDAR_CONVENTION = (
 
 
 def lidar_eigenvalues(
-    views: torch.Tensor | np.ndarray, delta: float = LIDAR_DELTA
+    views: torch.Tensor | np.ndarray, delta: float = LIDAR_DELTA, vectors: str = "the views"
 ) -> tuple[np.ndarray, int]:
     """Eigenvalues (descending, >= 0) of the LiDAR matrix of ``views`` (n, q, d): n classes
     of q members each, and the dimension d. See :func:`lidar`.
@@ -397,6 +437,11 @@ def lidar_eigenvalues(
     those of the smaller of M^T M (n x n) and M M^T (d x d). Cost: one d x d product over
     the n q views, a Cholesky factorisation and a triangular solve, and one eigenproblem of
     size min(n, d); never a d x d inverse square root.
+
+    Views that are not finite, or so large that Sigma_w + delta I is not positive definite
+    in float64 (delta is lost in the rounding of variances many orders of magnitude above it;
+    a run gone bad gives 1e38), raise :class:`NumericalError` naming ``vectors``. Raising delta to
+    match would be another measure, not LiDAR, so no value is given for them.
     """
     if not delta > 0:
         raise ValueError(f"delta must be positive (Sigma_w may be singular), got {delta}")
@@ -409,6 +454,10 @@ def lidar_eigenvalues(
             f"shape {tuple(x.shape)}"
         )
     n, q, d = x.shape
+    what = f"LiDAR of {vectors} ({n} samples x {q} views x {d})"
+    if not np.isfinite(x).all():
+        raise NumericalError(f"{what} cannot be computed: they hold NaN or infinite values; "
+                             f"{NUMERICAL_ADVICE}")  # fmt: skip
     # Covariances ignore a shift; removing one vector first keeps a large common mean (ReLU
     # representations) from cancelling digits, and makes identical vectors exactly zero.
     x -= x[0, 0].copy()
@@ -418,10 +467,18 @@ def lidar_eigenvalues(
     sigma_w = within.T @ within / (n * (q - 1))
     sigma_w[np.diag_indices(d)] += delta
     centred = (means - means.mean(axis=0)) / math.sqrt(n - 1)
-    factor = scipy.linalg.cholesky(sigma_w, lower=True, check_finite=False)
+    try:
+        factor = scipy.linalg.cholesky(sigma_w, lower=True, check_finite=False)
+    except np.linalg.LinAlgError as error:
+        largest = float(np.max(np.diag(sigma_w)))
+        raise NumericalError(
+            f"{what} cannot be computed: the within-class covariance Sigma_w + delta I (largest "
+            f"variance {largest:.3g}, delta {delta:g}) is not positive definite in float64 "
+            f"({error}); {NUMERICAL_ADVICE}"
+        ) from error
     m = scipy.linalg.solve_triangular(factor, centred.T, lower=True, check_finite=False)
     gram = m.T @ m if n <= d else m @ m.T
-    return _eigenvalues(gram), d
+    return _eigenvalues(gram, what), d
 
 
 def lidar_from_eigenvalues(
@@ -447,7 +504,10 @@ def lidar_from_eigenvalues(
 
 
 def lidar(
-    views: torch.Tensor | np.ndarray, delta: float = LIDAR_DELTA, eps: float = LIDAR_EPS
+    views: torch.Tensor | np.ndarray,
+    delta: float = LIDAR_DELTA,
+    eps: float = LIDAR_EPS,
+    vectors: str = "the views",
 ) -> float:
     """LiDAR (Thilak et al., 2023, "LiDAR: Sensing Linear Probing Performance in Joint
     Embedding SSL Architectures", arXiv:2312.04000): the effective rank of the linear
@@ -475,7 +535,7 @@ def lidar(
     scatter; LiDAR is then 0, as the effective rank of no variance (the eps formula would
     read d there). Computed in float64 as :func:`lidar_eigenvalues` says.
     """
-    lam, d = lidar_eigenvalues(views, delta)
+    lam, d = lidar_eigenvalues(views, delta, vectors)
     return lidar_from_eigenvalues(lam, d, eps)
 
 

@@ -2,7 +2,9 @@
 
 A checkpoint is a weights-only dict (tensors, numbers, strings, lists, dicts), written to a
 temporary file, flushed to disk, then renamed over the previous one: at every moment the
-directory holds either the old complete checkpoint or the new complete one.
+directory holds either the old complete checkpoint or the new complete one. While a run
+trains, its process holds the run's key (:meth:`CheckpointStore.hold`): a second run of the
+same key, which would write the same checkpoint, is refused.
 
 Every torch file of the project is read by :func:`safe_load` (``torch.load(weights_only=True)``),
 which refuses a file holding any other pickled object. The one file read otherwise is an encoder
@@ -15,18 +17,27 @@ from __future__ import annotations
 import io
 import os
 import re
+import socket
 import tempfile
+import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
+
+from directclr.errors import UserFacingError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory file locks, so runs of one key are not kept apart
+    fcntl = None
 
 # torch's two refusals of a pickled global: not allowed by default, or from a blocked module
 # (os, subprocess, ...).
 _REFUSED_GLOBAL = re.compile(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)")
 
 
-class RefusedFileError(RuntimeError):
+class RefusedFileError(UserFacingError, RuntimeError):
     """A torch file that cannot be read safely: corrupt, or needing arbitrary unpickling."""
 
 
@@ -75,14 +86,64 @@ def safe_load(file: str | os.PathLike | io.BytesIO, name: str) -> Any:
         raise RefusedFileError(message) from None
 
 
+class CheckpointInUseError(UserFacingError, RuntimeError):
+    """Another process is training the run a checkpoint key names."""
+
+
 class CheckpointStore:
     """A folder of checkpoints, one file per run key (a hash of the run's settings)."""
 
     def __init__(self, directory: str | os.PathLike) -> None:
         self.directory = Path(directory)
+        self._held: dict[str, IO[str]] = {}
 
     def path(self, key: str) -> Path:
         return self.directory / f"{key}.pt"
+
+    def lock_path(self, key: str) -> Path:
+        return self.directory / f"{key}.lock"
+
+    def hold(self, key: str) -> None:
+        """Claim run ``key`` for this process until :meth:`release` (or until this store is
+        dropped): another claim of it, from any process (two ``kedro run`` of the same
+        settings and data at once), raises :class:`CheckpointInUseError` naming the holder,
+        rather than both training and writing the same checkpoint. The claim is an exclusive
+        ``flock`` on ``<key>.lock``: the system drops it when the holding process ends,
+        however it ends, so a killed run never leaves its key claimed. Claiming a key this
+        store already holds does nothing.
+
+        A second run is refused rather than made to wait: it would compute the same thing,
+        and a wait behind a run that takes hours (or is stopped) would look like a hang.
+        """
+        if fcntl is None or key in self._held:
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        lock = self.lock_path(key).open("a+")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "another process"
+            lock.close()
+            raise CheckpointInUseError(
+                f"pretraining: run {key} is being trained now by {holder}, which holds "
+                f"{self.lock_path(key)}: a run of the same settings and data would write the "
+                f"same checkpoint. Wait for that run to end and run again (this run then "
+                f"resumes from its checkpoint, at once if it finished), or change a setting "
+                f"(e.g. pretraining.seed) to train another run"
+            ) from None
+        lock.seek(0)
+        lock.truncate()
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime())
+        lock.write(f"process {os.getpid()} on {socket.gethostname()} (since {started})")
+        lock.flush()
+        self._held[key] = lock
+
+    def release(self, key: str) -> None:
+        """End this store's claim of ``key`` (:meth:`hold`), if it holds it."""
+        lock = self._held.pop(key, None)
+        if lock is not None:
+            lock.close()
 
     def save(self, key: str, state: dict[str, Any]) -> Path:
         self.directory.mkdir(parents=True, exist_ok=True)

@@ -27,6 +27,7 @@ from directclr.analysis import (
     lidar_cap,
     spectrum_metrics,
 )
+from directclr.errors import BadSettingError
 from directclr.models import ModelConfig
 from directclr.plots import spectrum_figure
 from directclr.projectors import HEAD, TAIL, leading_parts
@@ -67,6 +68,16 @@ class SpectrumConfig(BaseModel):
         if first < 1 or (last is not None and last <= first):
             raise ValueError(f"need 1 <= first < last (or last null), got {list(value)}")
         return value
+
+
+def check_top_k(top_k: int, dim: int) -> None:
+    """``spectrum.top_k`` larger than r's ``dim`` dimensions would be cut to ``dim`` without
+    a word (a share of all the variance, 1.0): refuse it, naming the largest valid value."""
+    if top_k > dim:
+        raise BadSettingError(
+            f"spectrum.top_k={top_k} is larger than the {dim} dimensions of r, whose variance "
+            f"share it reports; set spectrum.top_k to at most {dim}"
+        )
 
 
 def vectors_to_analyse(
@@ -127,15 +138,17 @@ def measure_collapse(
     split = params.split
     tables, metrics = [], {}
     views = lidar_views_to_analyse(embeddings, config)
-    for name, x in vectors_to_analyse(embeddings, config, split).items():
-        spectrum = embedding_spectrum(x, precision="float64")
+    vectors = vectors_to_analyse(embeddings, config, split)
+    check_top_k(params.top_k, vectors["r"].shape[-1])
+    for name, x in vectors.items():
+        spectrum = embedding_spectrum(x, precision="float64", vectors=f"{name} ({split} split)")
         tables.append(spectrum.table().assign(vectors=name, split=split))
         metrics[f"{name}_{split}"] = spectrum_metrics(
             spectrum, params.cliff_decades, params.cliff_slope, params.power_law_range,
             params.top_k,
         )  # fmt: skip
         metrics[f"{name}_{split}"].update(
-            lidar=lidar(views[name]) if views else None,
+            lidar=lidar(views[name], vectors=f"{name} (augmented train views)") if views else None,
             lidar_cap=lidar_cap(views[name].shape[0], views[name].shape[-1]) if views else None,
         )
     metrics.update(

@@ -16,6 +16,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
+from directclr.analysis import NUMERICAL_ADVICE, NumericalError
 from directclr.data import materialize
 from directclr.models import ModelConfig
 from directclr.projectors import HEAD, TAIL, leading_parts
@@ -64,6 +65,17 @@ def _flat(x) -> np.ndarray:
     return x.reshape(len(x), -1).astype(np.float32, copy=False)
 
 
+def _check_finite(x: np.ndarray, what: str) -> None:
+    """Refuse features holding a NaN or an infinity (in float32, as the probes read them),
+    naming them, before scikit-learn or torch turns them into a misleading error or score."""
+    bad = ~np.isfinite(x).all(axis=1)
+    if bad.any():
+        raise NumericalError(
+            f"{what} cannot be computed: {int(bad.sum())} of the {len(x)} vectors hold NaN or "
+            f"infinite values in float32; {NUMERICAL_ADVICE}"
+        )
+
+
 def linear_probe(
     train_x,
     train_y,
@@ -74,6 +86,7 @@ def linear_probe(
     max_iter: int = 1000,
     tol: float = 1e-4,
     seed: int = 0,
+    features: str = "the features",
 ) -> ProbeResult:
     """StandardScaler + multinomial LogisticRegression on frozen features.
 
@@ -83,20 +96,38 @@ def linear_probe(
     The grid is walked from strong to weak regularisation, each fit starting from the
     previous solution (warm start), and the refit starts from the chosen one: the same
     optima, reached in far fewer L-BFGS iterations.
+
+    Features that are not finite (``features`` names them), or so large that their
+    standardisation is not, raise :class:`~directclr.analysis.NumericalError`, as does a
+    LAPACK failure inside the solver.
     """
     train_x, test_x = _flat(train_x), _flat(test_x)
+    what = f"the linear probe on {features}"
+    _check_finite(train_x, f"{what} (train split)")
+    _check_finite(test_x, f"{what} (test split)")
     # One BLAS thread: L-BFGS on a probe is memory-bound, and two threads were slower on 2
     # cores (27 s against 31 s for the grid on 40,000 x 2,048) and up to 40x slower on a
     # loaded machine, where OpenBLAS's waiting threads spin.
-    with threadpool_limits(1, user_api="blas"):
-        return _linear_probe(
-            train_x, np.asarray(train_y), test_x, np.asarray(test_y), sorted(C_grid),
-            validation_fraction, max_iter, tol, seed,
-        )  # fmt: skip
+    try:
+        with threadpool_limits(1, user_api="blas"):
+            return _linear_probe(
+                train_x, np.asarray(train_y), test_x, np.asarray(test_y), sorted(C_grid),
+                validation_fraction, max_iter, tol, seed, what,
+            )  # fmt: skip
+    except np.linalg.LinAlgError as error:
+        raise NumericalError(f"{what} failed in LAPACK ({error}); {NUMERICAL_ADVICE}") from error
+
+
+def _standardised(scaler: StandardScaler, x: np.ndarray, what: str) -> np.ndarray:
+    """``x`` standardised by ``scaler``; features too large for it (a variance that
+    overflows) give NaN, refused here, naming ``what``."""
+    z = scaler.transform(x)
+    _check_finite(z, f"{what} (standardised)")
+    return z
 
 
 def _linear_probe(train_x, train_y, test_x, test_y, grid, validation_fraction, max_iter, tol,
-                  seed) -> ProbeResult:  # fmt: skip
+                  seed, what) -> ProbeResult:  # fmt: skip
     scores: dict[str, float] = {}
     model = LogisticRegression(max_iter=max_iter, tol=tol, warm_start=True)
     start = None
@@ -108,7 +139,8 @@ def _linear_probe(train_x, train_y, test_x, test_y, grid, validation_fraction, m
             stratify=train_y,
         )
         scaler = StandardScaler().fit(train_x[fit_idx])
-        fit_z, val_z = scaler.transform(train_x[fit_idx]), scaler.transform(train_x[val_idx])
+        fit_z = _standardised(scaler, train_x[fit_idx], what)
+        val_z = _standardised(scaler, train_x[val_idx], what)
         solutions = {}
         for C in grid:
             model.set_params(C=C).fit(fit_z, train_y[fit_idx])
@@ -122,8 +154,8 @@ def _linear_probe(train_x, train_y, test_x, test_y, grid, validation_fraction, m
     model = LogisticRegression(C=best_C, max_iter=max_iter, tol=tol, warm_start=True)
     if start is not None and set(np.unique(train_y)) == set(np.unique(train_y[fit_idx])):
         model.coef_, model.intercept_ = start
-    model.fit(scaler.transform(train_x), train_y)
-    test_z = scaler.transform(test_x)
+    model.fit(_standardised(scaler, train_x, what), train_y)
+    test_z = _standardised(scaler, test_x, what)
     predictions = model.predict(test_z)
     top5 = None
     if len(model.classes_) > 10:
@@ -152,9 +184,13 @@ def knn_accuracy(
 
     Each test vector's k most similar training vectors vote for their label with weight
     exp(similarity / temperature). Works in chunks of test rows: memory O(chunk x N_train).
+    Vectors that are not finite raise :class:`~directclr.analysis.NumericalError`.
     """
-    train = F.normalize(torch.as_tensor(_flat(train_x)).float(), dim=1)
-    test = F.normalize(torch.as_tensor(_flat(test_x)).float(), dim=1)
+    train_x, test_x = _flat(train_x), _flat(test_x)
+    _check_finite(train_x, "the kNN accuracy (train vectors)")
+    _check_finite(test_x, "the kNN accuracy (test vectors)")
+    train = F.normalize(torch.as_tensor(train_x).float(), dim=1)
+    test = F.normalize(torch.as_tensor(test_x).float(), dim=1)
     train_y = torch.as_tensor(np.asarray(train_y), dtype=torch.long)
     test_y = torch.as_tensor(np.asarray(test_y), dtype=torch.long)
     classes = int(max(train_y.max(), test_y.max())) + 1
@@ -188,25 +224,25 @@ def evaluate_embeddings(
     split = spectrum_metrics["split"]
     train_y, test_y = embeddings["train_labels"].numpy(), embeddings["test_labels"].numpy()
 
-    def probe(train_x, test_x) -> ProbeResult:
+    def probe(train_x, test_x, features: str) -> ProbeResult:
         return linear_probe(
             train_x, train_y, test_x, test_y, tuple(params.C_grid), params.validation_fraction,
-            params.max_iter, params.tol, params.seed,
+            params.max_iter, params.tol, params.seed, features,
         )  # fmt: skip
 
-    on_r = probe(embeddings["train_r"], embeddings["test_r"])
+    on_r = probe(embeddings["train_r"], embeddings["test_r"], "r")
     probes = {
         "r": on_r.as_dict(),
-        "z": probe(embeddings["train_z"], embeddings["test_z"]).as_dict(),
+        "z": probe(embeddings["train_z"], embeddings["test_z"], "z").as_dict(),
     }
     # DirectCLR's two parts: the one the loss sees, and the rest, trained only through the
     # last block's identity path.
     train_parts = leading_parts(embeddings["train_r"], config.method, config.d0)
     test_parts = leading_parts(embeddings["test_r"], config.method, config.d0)
     for name, train_part in train_parts.items():
-        probes[name] = probe(train_part, test_parts[name]).as_dict()
+        probes[name] = probe(train_part, test_parts[name], name).as_dict()
     if params.raw_pixels:
-        raw = probe(materialize(dataset, "train"), materialize(dataset, "test"))
+        raw = probe(materialize(dataset, "train"), materialize(dataset, "test"), "raw pixels")
         probes["raw_pixels"] = raw.as_dict()
     knn = knn_accuracy(embeddings["train_r"], train_y, embeddings["test_r"], test_y,
                        params.knn_k, params.knn_temperature)  # fmt: skip

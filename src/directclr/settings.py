@@ -2,14 +2,14 @@
 
 import warnings
 
-from kedro.config import OmegaConfigLoader
-
-from directclr.framework.environment import quiet
+from directclr.framework.environment import ShowUserErrors, quiet
 
 quiet()  # again, for sessions made from Python rather than the kedro command
 
 from directclr.framework.hooks import CheckRunBeforeWork, RankZeroWrites  # noqa: E402
+from directclr.framework.parameters import CheckedConfigLoader  # noqa: E402
 from directclr.framework.tracking import ProjectMlflowHook, TrackRuns  # noqa: E402
+from directclr.framework.versions import PinRunVersions  # noqa: E402
 
 # The project documents `kedro run --pipeline=<name>`, the spelling its users know; Kedro 1.x
 # also accepts `--pipelines`. Keep the run log free of the notice about the older spelling.
@@ -19,9 +19,18 @@ warnings.filterwarnings("ignore", message="Option '--pipeline' is deprecated")
 # ProjectMlflowHook, which tracks only when DIRECTCLR_TRACKING is not off (and on rank 0).
 DISABLE_HOOKS_FOR_PLUGINS = ("kedro_mlflow", "kedro-mlflow")
 _MLFLOW = ProjectMlflowHook()
-HOOKS = (CheckRunBeforeWork(), RankZeroWrites(), _MLFLOW, TrackRuns(_MLFLOW))
+# ShowUserErrors (first): a bad setting or file prints its message, without a traceback.
+HOOKS = (
+    ShowUserErrors(),
+    CheckRunBeforeWork(),
+    RankZeroWrites(),
+    _MLFLOW,
+    TrackRuns(_MLFLOW),
+    PinRunVersions(),
+)
 
-CONFIG_LOADER_CLASS = OmegaConfigLoader
+# OmegaConfigLoader that names the parameters file of a duplicate or misspelled key.
+CONFIG_LOADER_CLASS = CheckedConfigLoader
 CONFIG_LOADER_ARGS = {
     "base_env": "base",
     "default_run_env": "local",

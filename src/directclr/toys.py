@@ -30,6 +30,7 @@ case_2.py of facebookresearch/directclr, setting by setting):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import Literal
 
@@ -40,6 +41,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from directclr.analysis import (
+    NumericalError,
     Spectrum,
     collapsed_dimensions,
     covariance_spectrum,
@@ -258,8 +260,23 @@ def train(
         optimizer.step()
         losses.append(loss.detach())
         if step % config.record_every == 0 or step == config.steps:
-            yield step, float(torch.stack(losses).mean())
+            mean_loss = float(torch.stack(losses).mean())
+            _check_finite(parameters, mean_loss, step, config)
+            yield step, mean_loss
             losses = []
+
+
+def _check_finite(
+    parameters: list[torch.Tensor], loss: float, step: int, config: ToyTraining
+) -> None:
+    """Stop a toy whose training diverged, before any eigendecomposition or SVD meets it."""
+    if math.isfinite(loss) and all(bool(torch.isfinite(p).all()) for p in parameters):
+        return
+    raise NumericalError(
+        f"the toy's training diverged by step {step} (mean loss {loss:.3g}, lr {config.lr:.3g}): "
+        f"its weights or loss are no longer finite, so their spectrum means nothing. Lower lr "
+        f"(toy_strong_augmentation.lr or toy_implicit_regularization.lr) and run again"
+    )
 
 
 def theory_matrix(

@@ -23,6 +23,22 @@ def content_hash(dataset: dict[str, Any]) -> str:
     return f"sha256:{digest.hexdigest()}"
 
 
+def check_content(dataset: dict[str, Any], card: dict[str, Any], name: str) -> None:
+    """A ValueError naming ``name`` when a tensors dataset's content differs from the hash its
+    card recorded when data_prep wrote both: the file changed since, and a run would train
+    and measure on pixels nobody prepared. A manifest holds no pixels (its images are
+    checked when decoded), and a card without a hash has nothing to compare."""
+    if dataset.get("kind", "tensors") != "tensors" or not card.get("content_hash"):
+        return
+    found = content_hash(dataset)
+    if found != card["content_hash"]:
+        raise ValueError(
+            f"{name} does not match its dataset card: its content hash is {found}, the card "
+            f"says {card['content_hash']}, so the file changed after data_prep wrote it. Rerun "
+            f"data_prep (kedro run --pipeline=data_prep) to prepare the dataset again"
+        )
+
+
 def _counts_per_class(labels: np.ndarray, classes: list[str]) -> dict[str, int]:
     counts = np.bincount(labels, minlength=len(classes))
     return {name: int(n) for name, n in zip(classes, counts, strict=True)}

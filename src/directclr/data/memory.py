@@ -5,6 +5,7 @@ Fashion-MNIST and SVHN, split into uint8 tensors.
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from sklearn.datasets import load_digits
 from directclr.data.card import content_hash, dataset_card
 from directclr.data.config import TORCHVISION_SOURCES, DataConfig, split_indices
 from directclr.data.pixels import channel_stats, resize, to_channels
+from directclr.errors import CorruptFileError, MissingFileError
 
 # STL-10's classes, for a copy of the binaries without class_names.txt beside them.
 STL10_CLASSES = [
@@ -57,13 +59,42 @@ def expected_files(source: str) -> list[str]:
     return [f"{cls.__name__}/raw/{os.path.splitext(name)[0]}" for name, _ in cls.resources]
 
 
+# What torchvision's readers raise on a damaged file: a failed md5 check (RuntimeError), a
+# bare assertion on MNIST's idx header, a short or misshapen array, an unreadable pickle.
+UNREADABLE = (RuntimeError, OSError, AssertionError, ValueError, EOFError, pickle.PickleError)
+CHECKED_BY = {
+    "cifar10": "torchvision checks their md5",
+    "cifar100": "torchvision checks their md5",
+    "stl10": "torchvision checks their md5",
+    "svhn": "torchvision checks their md5",
+    "mnist": "torchvision reads their idx headers; it has no md5 of the raw files",
+    "fashion_mnist": "torchvision reads their idx headers; it has no md5 of the raw files",
+}
+
+
+def _unreadable_raw_files(source: str, root: Path) -> list[str]:
+    """Which of MNIST's (or Fashion-MNIST's) raw idx files torchvision cannot read, read one by
+    one; empty for the other sources, whose reader does not tell the files apart."""
+    if source not in ("mnist", "fashion_mnist"):
+        return []
+    from torchvision.datasets.mnist import read_sn3_pascalvincent_tensor
+
+    unreadable = []
+    for name in expected_files(source):
+        try:
+            read_sn3_pascalvincent_tensor(str(root / name), strict=False)
+        except UNREADABLE:
+            unreadable.append(name)
+    return unreadable
+
+
 def _torchvision_parts(config: DataConfig) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list]:
     """A torchvision source's official splits as uint8 (N, C, H, W) arrays and labels."""
     source, root, download = config.source, Path(config.root), config.download
     expected = expected_files(source)
     missing = [name for name in expected if not (root / name).is_file()]
     if missing and not download:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{source}: root={root} lacks {len(missing)} of the {len(expected)} files "
             f"torchvision reads: {', '.join(missing)}. Set data_prep.download=true to fetch them "
             f"(needs network), or put them under {root} in torchvision's layout (or point "
@@ -79,17 +110,18 @@ def _torchvision_parts(config: DataConfig) -> tuple[dict[str, tuple[np.ndarray, 
             }
         else:
             sets = {s: cls(root, split=s, download=download) for s in ("train", "test")}
-    except (RuntimeError, OSError) as err:
-        reason = f"{err.__class__.__name__}: {err}"
+    except UNREADABLE as err:
+        reason = f"{err.__class__.__name__}: {err}" if str(err) else err.__class__.__name__
         if missing:
             raise RuntimeError(
                 f"{source}: downloading into root={root} failed ({reason}). Without network, "
                 f"put {', '.join(expected)} under {root} yourself (torchvision's layout)."
             ) from err
-        raise RuntimeError(
+        corrupt = _unreadable_raw_files(source, root) or expected
+        raise CorruptFileError(
             f"{source}: the files under root={root} are there but torchvision cannot read them "
-            f"({reason}); they are corrupt or incomplete (torchvision checks their md5). "
-            f"Delete {', '.join(expected)} and set data_prep.download=true, or replace them."
+            f"({reason}); they are corrupt or incomplete ({CHECKED_BY[source]}). "
+            f"Delete {', '.join(corrupt)} and set data_prep.download=true, or replace them."
         ) from err
 
     parts = {}
@@ -100,6 +132,12 @@ def _torchvision_parts(config: DataConfig) -> tuple[dict[str, tuple[np.ndarray, 
             images, labels = ds.data.numpy()[:, None], ds.targets.numpy()
         else:
             images, labels = ds.data, ds.labels
+        if len(images) != len(labels):
+            raise CorruptFileError(
+                f"{source}: the {split} files under root={root} hold {len(images)} images but "
+                f"{len(labels)} labels; one is incomplete. Delete {', '.join(expected)} and set "
+                f"data_prep.download=true, or replace them."
+            )
         parts[split] = (np.ascontiguousarray(images), np.asarray(labels, dtype=np.int64))
     if source == "stl10":
         classes = list(getattr(sets["train"], "classes", STL10_CLASSES))

@@ -16,6 +16,7 @@ from kedro.config import OmegaConfigLoader
 from kedro.framework.hooks import hook_impl
 
 from directclr.comparison import split_seed_namespace
+from directclr.errors import BadSettingError
 from directclr.framework.parameters import (
     catalog_text,
     check_comparison_settings,
@@ -39,7 +40,8 @@ class CheckRunBeforeWork:
       receives the validated settings as ``params:<run>.pretraining``;
     * runs that do not fit the data: checked against the existing dataset card, or, when
       data_prep is in the run, against the card it just made, before it is saved;
-    * ``selection`` reading a comparison that is not configured or has never run.
+    * ``selection`` reading a comparison that is not configured or has never run;
+    * a folder the run writes to (an output's, a checkpoint folder) that cannot be written.
     """
 
     def __init__(self) -> None:
@@ -57,7 +59,7 @@ class CheckRunBeforeWork:
         loader = context.config_loader
         if not isinstance(loader, OmegaConfigLoader):
             return
-        from_files = OmegaConfigLoader(
+        from_files = type(loader)(  # the project's loader names a misread file
             conf_source=loader.conf_source,
             env=loader.env,
             base_env=loader.base_env,
@@ -84,6 +86,7 @@ class CheckRunBeforeWork:
         _check_comparisons(pipeline, params, run_params.get("env"))
         check_comparison_settings(params, _comparisons_in(pipeline))
         _check_selection(pipeline, params, catalog, run_params.get("env"))
+        _check_outputs_writable(pipeline, catalog)
 
         self._params = params
         self._settings = run_settings_of(params, runs_in(pipeline))
@@ -120,7 +123,7 @@ def _check_load_versions(load_versions: dict[str, str], catalog) -> None:
     """A pinned version that does not exist stops the run, listing the versions that do."""
     for name, version in load_versions.items():
         if name not in catalog:
-            raise ValueError(
+            raise BadSettingError(
                 f"--load-versions names {name!r}, which is not a catalog entry; use one of the "
                 f"datasets `kedro catalog list` shows"
             )
@@ -132,7 +135,7 @@ def _check_load_versions(load_versions: dict[str, str], catalog) -> None:
             continue
         existing = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
         listing = ", ".join(existing[-10:]) if existing else "none: run the stage that writes it"
-        raise ValueError(
+        raise BadSettingError(
             f"--load-versions {name}:{version}: there is no such version of {name} "
             f"({folder}); its versions are: {listing}"
         )
@@ -152,7 +155,7 @@ def _check_comparisons(pipeline, params: dict[str, Any], env: str | None) -> Non
         registered = sorted({run.split(".")[1] for run in namespaces})
         runs, seeds = layout.get(comparison) or ([], [])
         if sorted(runs) != registered:
-            raise ValueError(
+            raise BadSettingError(
                 f"the {comparison} pipeline was registered with runs {registered}, but the "
                 f"parameters of environment {env!r} list {sorted(runs)}: pipelines are "
                 f"registered before --env is known. Run with the environment variable "
@@ -168,7 +171,7 @@ def _check_comparisons(pipeline, params: dict[str, Any], env: str | None) -> Non
                 if env not in (None, "local", os.environ.get("KEDRO_ENV"))
                 else f"change {comparison}.seeds in the parameter files, not with --params"
             )
-            raise ValueError(
+            raise BadSettingError(
                 f"{comparison}.seeds={given}, but the {comparison} pipeline was registered "
                 f"with seeds {registered_seeds}: one namespace per seed is made when pipelines "
                 f"are registered, from the parameter files of KEDRO_ENV, before --params and "
@@ -191,19 +194,19 @@ def _check_selection(pipeline, params: dict[str, Any], catalog, env: str | None)
     registered = [name.removesuffix(suffix) for name in gather.inputs if name.endswith(suffix)]
     listed = selection_comparisons(params)
     if listed != registered:
-        raise ValueError(
+        raise BadSettingError(
             f"selection.comparisons={listed}, but the selection pipeline was registered with "
             f"{registered}: its inputs are made when pipelines are registered, from the "
             f"parameter files of KEDRO_ENV; change selection.comparisons in "
             f"parameters_selection.yml (or use KEDRO_ENV={env} instead of --env), not --params"
         )
     if not listed:
-        raise ValueError("selection.comparisons is empty: list the comparisons to read, e.g. "
+        raise BadSettingError("selection.comparisons is empty: list the comparisons to read, e.g. "
                          "[sweep]")  # fmt: skip
     configured = comparison_layout(params)
     unknown = [name for name in listed if name not in configured]
     if unknown:
-        raise ValueError(
+        raise BadSettingError(
             f"selection.comparisons lists {', '.join(unknown)}, which is not a configured "
             f"comparison; choose from {', '.join(configured) or 'none'} (parameters_compare.yml)"
         )
@@ -211,11 +214,57 @@ def _check_selection(pipeline, params: dict[str, Any], catalog, env: str | None)
     for name in listed:
         table = f"{name}{suffix}"
         if table in free and not catalog.exists(table):
-            raise ValueError(
+            raise BadSettingError(
                 f"selection reads the finished runs of {name}, but {name} has never run: there "
                 f"is no {table} (data/08_reporting/{name}/per_seed_table.csv). Run "
                 f"`kedro run --pipeline={name}` first, then `kedro run --pipeline=selection`"
             )
+
+
+def _output_folder(dataset) -> Path | None:
+    """The local folder a dataset writes into: a versioned file's folder of versions, a
+    checkpoint folder itself, an unversioned file's parent; None for one not on local disk."""
+    from kedro.io.core import AbstractVersionedDataset
+
+    from directclr.framework.datasets import CheckpointDirectory
+
+    filepath = getattr(dataset, "_filepath", None)
+    if filepath is None or getattr(dataset, "_protocol", "file") != "file":
+        return None
+    path = Path(str(filepath))
+    versioned = isinstance(dataset, AbstractVersionedDataset) and dataset._version is not None
+    return path if versioned or isinstance(dataset, CheckpointDirectory) else path.parent
+
+
+def _check_outputs_writable(pipeline, catalog) -> None:
+    """Every folder the run will write to (each output's, and each checkpoint folder) can be
+    written, or created under its nearest existing folder: found before any node runs, not
+    after training, when a failed save would lose the work."""
+    from directclr.framework.datasets import CheckpointDirectory, UnwritableFolderError
+
+    blocked: dict[Path, set[Path]] = {}  # an existing path that cannot be written under
+    for name in pipeline.all_outputs() | pipeline.inputs():
+        dataset = catalog.get(name) if name in catalog else None
+        is_output = name in pipeline.all_outputs() or isinstance(dataset, CheckpointDirectory)
+        folder = _output_folder(dataset) if dataset is not None and is_output else None
+        if folder is None:
+            continue
+        existing = next(p for p in (folder, *folder.parents) if p.exists() or p == p.parent)
+        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+            blocked.setdefault(existing, set()).add(folder)
+    if blocked:
+        problems = []
+        for existing, folders in sorted(blocked.items()):
+            what = "is a file, not a folder" if not existing.is_dir() else "is not writable"
+            named = sorted(map(str, folders - {existing}))
+            more = f" and {len(named) - 3} more" if len(named) > 3 else ""
+            under = f", so {', '.join(named[:3])}{more} cannot be created" if named else ""
+            problems.append(f"{existing} {what}{under}")
+        raise UnwritableFolderError(
+            "this run writes where it cannot, so it stops before computing anything: "
+            + "; ".join(problems)
+            + ". Make the folders writable (or move the files aside), then run again"
+        )
 
 
 def _comparisons_in(pipeline) -> list[str]:

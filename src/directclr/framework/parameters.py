@@ -1,6 +1,8 @@
 """Checks of the project's Kedro parameters that can run before any node.
 
-* every ``--params`` key names a known setting (a misspelled one would otherwise be ignored);
+* every ``--params`` key, and every key of the environment's parameter files, names a known
+  setting (a misspelled one would otherwise be ignored): :class:`CheckedConfigLoader`, the
+  project's config loader, also names the file of a duplicate key;
 * every run's training settings, merged and validated once (:func:`run_settings_of`);
 * the runs fit the prepared data: a batch, and the kNN probe's k, no larger than the
   training split (:func:`check_runs_fit_data`).
@@ -17,16 +19,20 @@ from difflib import get_close_matches
 from pathlib import Path
 from typing import Any
 
+import yaml
+from kedro.config import OmegaConfigLoader
+from omegaconf import OmegaConf
 from pydantic import BaseModel
 
 from directclr.comparison import lookup, split_seed_namespace
+from directclr.errors import BadSettingError
 from directclr.pipelines.sections import SETTINGS_SECTIONS, settings_class
 
 _RUNTIME_REFERENCE = re.compile(r"\$\{runtime_params:\s*([A-Za-z0-9_.]+)")
 
 
-class UnknownSettingError(ValueError):
-    """A ``--params`` key that names no setting of the project."""
+class UnknownSettingError(BadSettingError):
+    """A ``--params`` key, or a parameters file's key, that names no setting of the project."""
 
 
 def model_paths(model: type[BaseModel], prefix: str) -> set[str]:
@@ -67,16 +73,23 @@ def known_settings(file_params: dict[str, Any], catalog_text: str = "") -> set[s
     return known
 
 
-def check_known_settings(runtime_params: dict[str, Any], known: set[str]) -> None:
-    """Stop a run whose ``--params`` name a setting that does not exist, with the closest
-    valid names; a key naming a whole section (a prefix of known settings) is accepted."""
+def _unknown(given: set[str], known: set[str]) -> list[str]:
+    """Each of ``given`` that names no setting, with the closest valid names; a key naming a
+    whole section (a prefix of known settings) is accepted."""
     problems = []
-    for key in sorted(_given_paths(runtime_params)):
+    for key in sorted(given):
         if key in known or any(path.startswith(f"{key}.") for path in known):
             continue
         close = get_close_matches(key, sorted(known), n=3, cutoff=0.6)
         hint = f"did you mean {' or '.join(close)}?" if close else "no setting has a close name"
         problems.append(f"{key} ({hint})")
+    return problems
+
+
+def check_known_settings(runtime_params: dict[str, Any], known: set[str]) -> None:
+    """Stop a run whose ``--params`` name a setting that does not exist, with the closest
+    valid names."""
+    problems = _unknown(_given_paths(runtime_params), known)
     if problems:
         raise UnknownSettingError(
             f"unknown parameter(s): {'; '.join(problems)}. Every --params key must name a "
@@ -105,6 +118,125 @@ def catalog_text(conf_source: str | Path, envs: list[str]) -> str:
         for path in sorted((root / env).glob("**/catalog*.yml"))
         if path.is_file()
     )
+
+
+PARAMETER_FILE_SUFFIXES = (".yml", ".yaml", ".json")
+
+
+class CheckedConfigLoader(OmegaConfigLoader):
+    """Kedro's ``OmegaConfigLoader`` (``settings.py``'s ``CONFIG_LOADER_CLASS``) that refuses
+    the parameter files of the run's environment when one would be misread: a key given
+    twice in one mapping (the YAML loader's error names no file: this one names the file and
+    the line), or a key that names no setting (ignored otherwise: :func:`check_parameter_files`).
+    Both are found where Kedro first reads the parameters, before any node runs."""
+
+    def __getitem__(self, key: str) -> dict[str, Any]:
+        try:
+            config = super().__getitem__(key)
+        except yaml.constructor.ConstructorError as err:
+            _name_the_file(self, key)
+            raise BadSettingError(f"a {key} file of {self.conf_source}: {err}") from err
+        if key == "parameters" and not getattr(self, "_files_checked", False):
+            self._files_checked = True
+            check_parameter_files(self)
+        return config
+
+
+def config_files(loader: OmegaConfigLoader, key: str) -> dict[str, list[Path]]:
+    """The local files ``loader`` reads for ``key`` (e.g. parameters), by environment: base,
+    then the run's environment (local unless ``--env``)."""
+    root = Path(str(loader.conf_source))
+    envs = dict.fromkeys([loader.base_env, loader.env or loader.default_run_env])
+    files: dict[str, list[Path]] = {}
+    for env in envs:
+        found: list[Path] = []
+        for pattern in loader.config_patterns[key]:
+            for path in sorted((root / env).glob(pattern)):
+                hidden = any(part.startswith(".") for part in path.relative_to(root).parts)
+                valid = path.is_file() and path.suffix in PARAMETER_FILE_SUFFIXES
+                if valid and not hidden and path not in found:
+                    found.append(path)
+        files[env] = found
+    return files
+
+
+def _shown(path: Path, loader: OmegaConfigLoader) -> str:
+    """A file's path as the user knows it: conf/<env>/<file>."""
+    root = Path(str(loader.conf_source))
+    return str(path.relative_to(root.parent))
+
+
+def _name_the_file(loader: OmegaConfigLoader, key: str) -> None:
+    """Raise the YAML loader's refusal (a duplicate key) again, naming the file and lines."""
+    for paths in config_files(loader, key).values():
+        for path in paths:
+            try:
+                OmegaConf.load(path)
+            except yaml.constructor.ConstructorError as err:
+                first = err.context_mark.line + 1 if err.context_mark else None
+                line = err.problem_mark.line + 1 if err.problem_mark else None
+                raise BadSettingError(
+                    f"{_shown(path, loader)} line {line}: {err.problem} (in the mapping that "
+                    f"starts at line {first}); a key may appear once in a mapping: keep the "
+                    f"value you mean, delete the other and run again"
+                ) from err
+
+
+def _file_paths(params: dict[str, Any], prefix: str = "") -> set[str]:
+    """The leaves a parameters file sets, skipping keys that start with "_" (YAML anchors,
+    used by other keys, not parameters)."""
+    paths = set()
+    for key, value in params.items():
+        if str(key).startswith("_"):
+            continue
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            paths |= _file_paths(value, f"{path}.")
+        else:
+            paths.add(path)
+    return paths
+
+
+def _new_runs(paths: set[str]) -> set[str]:
+    """The settings a file may add beside the base files': a comparison's new run, given by
+    its ``<comparison>.<run>.pretraining`` block (parameters_compare.yml)."""
+    from directclr.pipeline_registry import COMPARISONS
+
+    training = settings_class("pretraining")
+    added = set()
+    for path in paths:
+        parts = path.split(".")
+        if len(parts) >= 3 and parts[0] in COMPARISONS and parts[2] == "pretraining":
+            run = ".".join(parts[:3])
+            added |= {run} | model_paths(training, run)
+    return added
+
+
+def check_parameter_files(loader: OmegaConfigLoader) -> None:
+    """Stop a run whose parameter files (base, and the run's environment: local or ``--env``)
+    set a key that names no setting: the file's value would be ignored. The base files
+    define every section; the message names the file and the closest valid names."""
+    files = config_files(loader, "parameters")
+    base: dict[str, Any] = {}
+    for path in files.get(loader.base_env, []):
+        base.update(yaml.safe_load(path.read_text()) or {})
+    known = known_settings(base, catalog_text(loader.conf_source, list(files)))
+    for env, paths in files.items():
+        if env == loader.base_env:
+            continue
+        for path in paths:
+            params = yaml.safe_load(path.read_text()) or {}
+            if not isinstance(params, dict):
+                continue
+            given = _file_paths(params)
+            problems = _unknown(given, known | _new_runs(given))
+            if problems:
+                shown = _shown(path, loader)
+                raise UnknownSettingError(
+                    f"{shown}: unknown parameter(s): {'; '.join(problems)}. Every key of a "
+                    f"parameters file must name a setting of conf/base/parameters_*.yml; fix "
+                    f"the spelling in {shown} and run again"
+                )
 
 
 def runs_in(pipeline) -> list[str]:
@@ -137,7 +269,7 @@ def run_settings_of(params: dict[str, Any], runs: list[str]) -> dict[str, Any]:
         owner, seed = _run_parameters(run)
         overrides = lookup(params, f"{owner}.pretraining")
         if overrides is None:
-            raise ValueError(
+            raise BadSettingError(
                 f"parameters {owner}.pretraining are missing; add them to "
                 f"conf/base/parameters_pretraining.yml or parameters_compare.yml"
             )
@@ -164,17 +296,17 @@ def check_comparison_settings(params: dict[str, Any], comparisons: list[str]) ->
         entries = params.get(name) or {}
         seeds = entries.get("seeds")
         if not isinstance(seeds, list) or not seeds:
-            raise ValueError(
+            raise BadSettingError(
                 f"{name}.seeds={seeds!r}: give a non-empty list of seeds, e.g. [0, 1, 2]"
             )
         if any(isinstance(s, bool) or not isinstance(s, int) for s in seeds):
-            raise ValueError(f"{name}.seeds={seeds}: seeds must be integers")
+            raise BadSettingError(f"{name}.seeds={seeds}: seeds must be integers")
         if len(set(seeds)) != len(seeds):
-            raise ValueError(f"{name}.seeds={seeds} repeats a seed; list each seed once")
+            raise BadSettingError(f"{name}.seeds={seeds} repeats a seed; list each seed once")
         runs = [run for run in entries if run not in COMPARISON_SETTINGS]
         reference = entries.get("reference")
         if reference not in runs:
-            raise ValueError(
+            raise BadSettingError(
                 f"{name}.reference={reference!r} is not a run of {name}; choose one of "
                 f"{', '.join(runs)}"
             )
@@ -189,8 +321,8 @@ def check_runs_fit_data(
 ) -> None:
     """Stop before training if a run's batch is larger than the images it trains on, the
     kNN probe's k larger than the training split (``knn``: linear_eval is in the run), or
-    ``spectrum.split`` a split the dataset does not have (``spectrum``: the spectrum stage
-    is in the run)."""
+    ``spectrum.split`` a split the dataset does not have, or ``spectrum.top_k`` larger than
+    a run's representation (``spectrum``: the spectrum stage is in the run)."""
     from directclr.data import pretraining_images
 
     images = pretraining_images(card)
@@ -210,6 +342,18 @@ def check_runs_fit_data(
             f"linear_eval.knn_k={k} is larger than the {train} training images the kNN probe "
             f"votes with; set linear_eval.knn_k to at most {train}"
         )
+    top_k = lookup(params, "spectrum.top_k")
+    if spectrum and isinstance(top_k, int) and settings:
+        from directclr.backbones import representation_dim
+
+        dims = {run: representation_dim(c.backbone, c.width) for run, c in settings.items()}
+        run, dim = min(dims.items(), key=lambda item: item[1])
+        if top_k > dim:
+            problems.append(
+                f"spectrum.top_k={top_k} is larger than the {dim} dimensions of {run}'s "
+                f"representation r, whose variance share it reports; set spectrum.top_k to "
+                f"at most {dim}"
+            )
     split = lookup(params, "spectrum.split")
     if spectrum and split is not None and split not in card["counts"]:
         have = ", ".join(s for s in card["counts"] if s != "unlabeled")
@@ -218,7 +362,7 @@ def check_runs_fit_data(
             f"spectrum.split={split}: the dataset has no {split} split{hint}; it has {have}"
         )
     if problems:
-        raise ValueError("the runs do not fit the prepared data: " + "; ".join(problems))
+        raise BadSettingError("the runs do not fit the prepared data: " + "; ".join(problems))
 
 
 def _power_of_two_below(n: int) -> int:

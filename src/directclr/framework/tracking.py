@@ -24,11 +24,14 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import subprocess
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from kedro.config import MissingConfigException
 from kedro.framework.hooks import hook_impl
 from kedro.io.core import (
     AbstractDataset,
@@ -41,6 +44,7 @@ from kedro_mlflow.framework.hooks import MlflowHook
 from kedro_mlflow.io.artifacts import MlflowArtifactDataset
 
 from directclr.comparison import PAPER_COLUMN, comparison_row
+from directclr.errors import CorruptFileError
 from directclr.framework.environment import tracking_enabled
 from directclr.framework.mlflow_adapter import set_version
 from directclr.pipelines.sections import SETTINGS_SECTIONS
@@ -65,6 +69,38 @@ def default_store(project_path: str | os.PathLike) -> str:
     return f"sqlite:///{Path(project_path).resolve() / STORE_FILE}"
 
 
+def check_store(path: Path) -> None:
+    """Refuse a damaged SQLite store before MLflow opens it: MLflow would fail deep inside
+    with a raw SQLite error, or, for garbled pages it does not read at once, track this run
+    into the damaged store without a word. SQLite's ``quick_check`` reads every page once
+    (cheap beside a run); a store that does not exist yet is MLflow's to create."""
+    if not path.exists():
+        return
+    try:
+        with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as store:
+            found = [str(row[0]) for row in store.execute("PRAGMA quick_check").fetchall()]
+    except sqlite3.DatabaseError as err:
+        found = [str(err)]
+    if found != ["ok"]:
+        raise CorruptFileError(
+            f"the MLflow store {path} ({STORE_FILE}) is damaged: {'; '.join(found[:3])}. "
+            f"Move it aside (mv {path} {path}.damaged; the next run starts a new store) or "
+            f"run without tracking (DIRECTCLR_TRACKING=off), then run again"
+        )
+
+
+def _mlflow_yml_store(context) -> str | None:
+    """The store ``mlflow.yml`` names (``server.mlflow_tracking_uri``), read as kedro-mlflow
+    reads it; None: the default store."""
+    loader = context.config_loader
+    loader.config_patterns.setdefault("mlflow", ["mlflow*", "mlflow*/**", "**/mlflow*"])
+    try:
+        conf = loader["mlflow"]
+    except MissingConfigException:
+        return None
+    return ((conf or {}).get("server") or {}).get("mlflow_tracking_uri")
+
+
 class ProjectMlflowHook(MlflowHook):
     """kedro-mlflow's hook, on only when tracking is (decided per Kedro context)."""
 
@@ -81,7 +117,8 @@ class ProjectMlflowHook(MlflowHook):
         # kedro-mlflow falls back to MLFLOW_TRACKING_URI, then to a file store; this
         # project's fallback is the SQLite store. Set only while the hook reads it.
         given = os.environ.get("MLFLOW_TRACKING_URI")
-        if given is None:
+        if given is None and _mlflow_yml_store(context) is None:
+            check_store(Path(context.project_path) / STORE_FILE)
             os.environ["MLFLOW_TRACKING_URI"] = default_store(context.project_path)
         try:
             super().after_context_created(context)

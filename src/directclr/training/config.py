@@ -20,6 +20,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from directclr.augment import TwoViewAugmentation
 from directclr.devices import DeviceSetting, WorkersSetting
+from directclr.errors import UserFacingError
 from directclr.models import ModelConfig
 
 _EXECUTION = "execution_only"
@@ -117,7 +118,7 @@ def execution_settings(config_class: type[PretrainingConfig] = PretrainingConfig
     }
 
 
-class SettingsError(ValueError):
+class SettingsError(UserFacingError, ValueError):
     """A run's settings are invalid; the message names each bad setting as the user wrote it."""
 
 

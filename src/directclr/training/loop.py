@@ -33,6 +33,7 @@ from directclr.distributed import (
     launched_world_size,
     rank_and_world,
 )
+from directclr.errors import BadSettingError
 from directclr.losses import info_nce, paper_info_nce
 from directclr.models import ContrastiveModel, build_model
 from directclr.optim import build_optimizer, learning_rate, scaled_lr
@@ -106,7 +107,10 @@ def pretrain(
     total_steps = steps_per_epoch * config.epochs
     warmup_steps = steps_per_epoch * config.warmup_epochs
 
-    # -- resume ------------------------------------------------------------------------------
+    # -- resume: rank 0 holds the key while the run trains, so a second run of it is refused --
+    holds_key = checkpoints is not None and rank == 0
+    if holds_key:
+        checkpoints.hold(key)
     state = checkpoints.load(key) if checkpoints is not None and config.resume else None
     if state is not None:
         run.restore(state, rank, str(checkpoints.path(key)))
@@ -183,6 +187,8 @@ def pretrain(
                 run.save(checkpoints, key, rank)
     finally:
         progress.close()
+        if holds_key:
+            checkpoints.release(key)
     model.eval()
     return model.cpu(), pd.DataFrame(run.history), spectrum_history(run.spectra)
 
@@ -234,9 +240,11 @@ def _share_of_batch(config: PretrainingConfig, source: BatchSource, world: int) 
     """Each process's share of the batch, after checking the batch fits the processes and
     the data."""
     if config.batch_size % world:
-        raise ValueError(f"batch_size={config.batch_size} must split evenly over {world} processes")
+        raise BadSettingError(
+            f"batch_size={config.batch_size} must split evenly over {world} processes"
+        )
     if source.num_images < config.batch_size:
-        raise ValueError(
+        raise BadSettingError(
             f"batch_size={config.batch_size} is larger than the training set "
             f"({source.num_images} images); lower batch_size"
         )

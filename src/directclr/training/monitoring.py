@@ -21,6 +21,7 @@ from torch import nn
 from directclr.analysis import Spectrum, embedding_spectrum, lidar, spectrum_metrics
 from directclr.augment import ViewAugmentation, augment
 from directclr.distributed import all_max
+from directclr.errors import TrainingDiverged
 from directclr.models import ContrastiveModel
 from directclr.training.config import PretrainingConfig
 
@@ -49,26 +50,80 @@ def check_finite_state(model: nn.Module, probe: nn.Module, step: int, lr: float)
     for prefix, module in (("model", model), ("online probe", probe)):
         bad = first_non_finite(module.state_dict())
         if bad is not None:
-            raise FloatingPointError(
+            raise TrainingDiverged(
                 f"{prefix} tensor {bad} became non-finite by step {step} (lr {lr:.3g}); the last "
                 f"checkpoint is kept and this state is not saved. Lower lr, use adamw or lars, "
                 f"or set precision=fp32, then run again"
             )
 
 
+# The representation guard's bounds (check_not_constant), on the fixed probe batch's r in
+# float64, measured on digits (default recipe; issue 21). The share of the normalised vectors'
+# second moment off their top direction (direction_spread) was at least 0.021 in every healthy
+# state: 0.030-0.032 for freshly built networks (all-positive ReLU outputs, mean |cos| to
+# their mean direction 0.985), 0.21 for the random_init control, 0.021-0.09 over epochs 1-20
+# of directclr, simclr and no_projector, whose mean squared norms stayed below 150. After
+# epoch 1 at lr 10-1e5 (adamw) or 100-1e5 (sgd), any of the three methods, it was 3e-8 to
+# 2.4e-4 (within cos 0.99999 of one direction is about 2e-5), with mean squared norms 1.6e11
+# to 8e22. A run that is merely degenerate (identity augmentation on noise images, group
+# norm) gives about 1e-3 at ordinary norms, and is left to run. Every wrecked run above
+# trips the norm bound (8 decades above healthy norms, 16x below the smallest wrecked one),
+# the direction bound, or both; each bound alone also keeps float64's spectrum and LiDAR
+# away from such values.
+DIRECTION_SPREAD_MIN = 1e-4
+SQUARED_NORM_MAX = 1e10
+
+
+def direction_spread(r: torch.Tensor) -> float:
+    """How far the rows of ``r`` spread off the one direction that fits them best: 1 - the
+    top eigenvalue's share of the second moment 1/N sum u u^T of the L2-normalised rows u,
+    that is the mean squared sine of their angle to that direction (rows that are zero left
+    out). 0 for vectors that all lie on one line (either way along it), (d - 1) / d at most.
+    Unlike the variance, it ignores the vectors' lengths, which may still vary a lot when
+    every vector points the same way."""
+    norms = torch.linalg.vector_norm(r, dim=1)
+    u = r[norms > 0] / norms[norms > 0, None]
+    if len(u) == 0:
+        return 0.0
+    gram = u @ u.T if len(u) < u.shape[1] else u.T @ u
+    top = float(torch.linalg.eigvalsh(gram)[-1])
+    return max(0.0, 1.0 - top / len(u))
+
+
 def check_not_constant(r: torch.Tensor, step: int, lr: float) -> None:
-    """Stop the run if the representation of the fixed probe batch no longer varies: its total
-    variance below 1e-8 of its mean squared norm (or not finite) is a model that has collapsed
-    to a constant, whatever its loss says."""
+    """Stop the run if the representation of the fixed probe batch has collapsed or exploded:
+    its total variance below 1e-8 of its mean squared norm (or not finite) is a model that
+    maps every image to one point; a mean squared norm above :data:`SQUARED_NORM_MAX` one
+    whose outputs have blown up; and a :func:`direction_spread` below
+    :data:`DIRECTION_SPREAD_MIN` one that maps every image onto one line, however much the
+    lengths along it vary (the variance alone misses that one). Whatever its loss says, such
+    a model is garbage, and the measures that follow (the spectrum, LiDAR's Cholesky) would
+    fail on it or report nonsense. Only reads ``r``."""
     r = r.double()
     variance = float(r.var(0, unbiased=False).sum())
     squared_norm = float((r * r).sum(1).mean())
+    advice = "the last checkpoint is kept and this state is not saved. Lower lr or raise "
+    advice += "temperature, then run again"
     if not math.isfinite(variance) or variance <= 1e-8 * squared_norm:
-        raise FloatingPointError(
+        raise TrainingDiverged(
             f"the representation collapsed to a constant by step {step} (lr {lr:.3g}): its "
             f"variance over the probe batch is {variance:.3g} against a mean squared norm of "
-            f"{squared_norm:.3g}; the last checkpoint is kept and this state is not saved. "
-            f"Lower lr or raise temperature, then run again"
+            f"{squared_norm:.3g}; {advice}"
+        )
+    if squared_norm > SQUARED_NORM_MAX:
+        raise TrainingDiverged(
+            f"the representation exploded by step {step} (lr {lr:.3g}): the mean squared norm "
+            f"of r over the probe batch is {squared_norm:.3g}, above {SQUARED_NORM_MAX:.0e}; "
+            f"{advice}"
+        )
+    spread = direction_spread(r)
+    if spread < DIRECTION_SPREAD_MIN:
+        degrees = math.degrees(math.asin(math.sqrt(spread)))
+        raise TrainingDiverged(
+            f"the representation collapsed to one direction by step {step} (lr {lr:.3g}): the "
+            f"vectors r of the probe batch all lie along one line (at an rms angle of "
+            f"{degrees:.2g} degrees to it: a share {spread:.3g} of their normalised second "
+            f"moment off it, below {DIRECTION_SPREAD_MIN:.0e}); {advice}"
         )
 
 
@@ -98,7 +153,7 @@ class NonFiniteWatch:
         flagged = int(all_max(latest))
         if flagged:
             bad = self.total_steps - flagged
-            raise FloatingPointError(
+            raise TrainingDiverged(
                 f"the loss became non-finite at step {bad} (epoch {epoch + 1}, lr "
                 f"{self.lrs[bad]:.3g}); the last checkpoint is kept. Lower lr, raise "
                 f"temperature or set precision=fp32, then run again"
@@ -145,8 +200,8 @@ def lidar_metrics(
     model.train(was_training)
     n = len(images)
     return {
-        "lidar_r": lidar(r.float().cpu().reshape(n, views, -1)),
-        "lidar_z": lidar(z.float().cpu().reshape(n, views, -1)),
+        "lidar_r": lidar(r.float().cpu().reshape(n, views, -1), vectors="r of the LiDAR images"),
+        "lidar_z": lidar(z.float().cpu().reshape(n, views, -1), vectors="z of the LiDAR images"),
     }
 
 
@@ -155,8 +210,8 @@ def spectrum_record(
 ) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
     """The rank measures of r and z of the probe batch, and the covariance eigenvalues
     behind them (what the spectrum history keeps)."""
-    spectrum_r = embedding_spectrum(probe_r.double())
-    spectrum_z = embedding_spectrum(probe_z.double())
+    spectrum_r = embedding_spectrum(probe_r.double(), vectors="r of the probe batch")
+    spectrum_z = embedding_spectrum(probe_z.double(), vectors="z of the probe batch")
     metrics = rank_metrics(spectrum_r, "r") | rank_metrics(spectrum_z, "z")
     eigenvalues = {
         "r": torch.from_numpy(spectrum_r.eigenvalues),

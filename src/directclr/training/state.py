@@ -12,6 +12,7 @@ from torch import nn
 from directclr.batches import BatchSource
 from directclr.checkpoints import CheckpointStore
 from directclr.distributed import all_gather_objects, barrier
+from directclr.errors import TrainingDiverged
 from directclr.models import ContrastiveModel
 from directclr.training.monitoring import first_non_finite
 
@@ -58,7 +59,7 @@ class TrainingState:
         checkpoint holding NaN or infinity (``where`` names it) is never reused."""
         bad = first_non_finite(state["model"]) or first_non_finite(state["probe"])
         if bad is not None:
-            raise FloatingPointError(
+            raise TrainingDiverged(
                 f"the checkpoint {where} holds non-finite values ({bad}, saved after epoch "
                 f"{state['epoch']}) and is not reused; delete it, or set resume=false to train "
                 f"this run afresh"
