@@ -18,12 +18,8 @@ fails on any other version, so that an upgrade checks this module first.
 
 from __future__ import annotations
 
-from kedro.io.core import AbstractVersionedDataset, Version
+from directclr.framework.versions import set_version
+
+__all__ = ["KEDRO_MLFLOW_VERSIONS", "set_version"]
 
 KEDRO_MLFLOW_VERSIONS = ">=2.0,<2.1"
-
-
-def set_version(dataset: AbstractVersionedDataset, version: Version) -> None:
-    """Give ``dataset``, built by ``MlflowArtifactDataset`` without a version, the
-    catalog's ``version``, as its constructor would have stored it."""
-    dataset._version = version

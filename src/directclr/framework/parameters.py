@@ -97,13 +97,17 @@ def check_known_settings(runtime_params: dict[str, Any], known: set[str]) -> Non
         )
 
 
-def _given_paths(params: dict[str, Any], prefix: str = "") -> set[str]:
-    """The leaves of runtime parameters: ``{"a": {"b": 1}}`` and ``{"a.b": 1}`` give a.b."""
+def _given_paths(params: dict[str, Any], prefix: str = "", anchors: bool = False) -> set[str]:
+    """The leaves of given parameters: ``{"a": {"b": 1}}`` and ``{"a.b": 1}`` give a.b. With
+    ``anchors``, keys that start with "_" are skipped (a parameters file's YAML anchors, used
+    by other keys, not parameters)."""
     paths = set()
     for key, value in params.items():
+        if anchors and str(key).startswith("_"):
+            continue
         path = f"{prefix}{key}"
         if isinstance(value, dict) and value:
-            paths |= _given_paths(value, f"{path}.")
+            paths |= _given_paths(value, f"{path}.", anchors)
         else:
             paths.add(path)
     return paths
@@ -182,21 +186,6 @@ def _name_the_file(loader: OmegaConfigLoader, key: str) -> None:
                 ) from err
 
 
-def _file_paths(params: dict[str, Any], prefix: str = "") -> set[str]:
-    """The leaves a parameters file sets, skipping keys that start with "_" (YAML anchors,
-    used by other keys, not parameters)."""
-    paths = set()
-    for key, value in params.items():
-        if str(key).startswith("_"):
-            continue
-        path = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            paths |= _file_paths(value, f"{path}.")
-        else:
-            paths.add(path)
-    return paths
-
-
 def _new_runs(paths: set[str]) -> set[str]:
     """The settings a file may add beside the base files': a comparison's new run, given by
     its ``<comparison>.<run>.pretraining`` block (parameters_compare.yml)."""
@@ -228,7 +217,7 @@ def check_parameter_files(loader: OmegaConfigLoader) -> None:
             params = yaml.safe_load(path.read_text()) or {}
             if not isinstance(params, dict):
                 continue
-            given = _file_paths(params)
+            given = _given_paths(params, anchors=True)
             problems = _unknown(given, known | _new_runs(given))
             if problems:
                 shown = _shown(path, loader)

@@ -25,17 +25,23 @@ from kedro.framework.hooks import hook_impl
 from kedro.io.core import AbstractVersionedDataset, Version
 
 
-def pin(dataset: AbstractVersionedDataset, load: str | None) -> None:
-    """Load ``dataset`` at version ``load`` (None: the newest when it loads) from now on; its
-    save version (the session's) stays.
+def set_version(dataset: AbstractVersionedDataset, version: Version) -> None:
+    """Give a built dataset ``version``.
 
     Kedro fixes a dataset's ``Version`` when the catalog builds it (from ``--load-versions``)
     and has no public way to change it afterwards; ``catalog.load(name, version)`` pins one
     load only, and the runner loads by name. So the version is set where Kedro's own
     constructor stores it, ``AbstractVersionedDataset._version``: the one place the project
-    writes a Kedro private attribute.
+    writes a Kedro private attribute (:func:`pin` here, and the MLflow adapter's wrapped
+    datasets).
     """
-    dataset._version = Version(load, dataset.resolve_save_version())
+    dataset._version = version
+
+
+def pin(dataset: AbstractVersionedDataset, load: str | None) -> None:
+    """Load ``dataset`` at version ``load`` (None: the newest when it loads) from now on; its
+    save version (the session's) stays."""
+    set_version(dataset, Version(load, dataset.resolve_save_version()))
 
 
 def versioned(catalog, name: str) -> AbstractVersionedDataset | None:
