@@ -4,8 +4,8 @@ save its outputs stops before computing anything."""
 
 import os
 import random
-import resource
-import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -160,35 +160,44 @@ def test_previews_for_kedro_viz_still_work(tmp_path):
     assert reader.get(f"{RUN}.spectrum_metrics").preview() == '{"effective_rank": 3.5}'
 
 
-@pytest.fixture
-def full_disk():
-    """Files cannot grow past 64 KB while the test writes (as on a full disk): a write past
-    it fails with EFBIG instead of killing the process."""
-    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
-    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, limits[1]))
+# Run in a process of its own: a file-size limit (as on a full disk, a write past 64 KB fails
+# with EFBIG) applies to every file the process writes, the test runner's log included.
+FULL_DISK_SAVE = """
+import resource, signal, sys
+from pathlib import Path
+import pandas as pd
+from kedro.io.core import DatasetError
+from tests.test_artifact_checks import _catalog, _embeddings
+
+root, names = Path(sys.argv[1]), sys.argv[2:]
+data = {name: _embeddings(rows=1024) if name.endswith("embeddings") else pd.DataFrame(
+    {"eigenvalue": range(20_000)}) for name in names}
+for name in names:
+    _catalog(root, "2026-01-01T00.00.00.000Z").save(name, data[name])
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, resource.RLIM_INFINITY))
+for name in names:
     try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
-        signal.signal(signal.SIGXFSZ, handler)
+        _catalog(root, "2026-01-02T00.00.00.000Z").save(name, data[name])
+    except DatasetError as error:
+        print(name, "refused:", str(error).replace(chr(10), " "))
+"""
 
 
-@pytest.mark.parametrize(
-    ("name", "data"),
-    [(f"{RUN}.embeddings", _embeddings(rows=1024)),
-     (f"{RUN}.spectrum", pd.DataFrame({"eigenvalue": range(20_000)}))],
-    ids=["torch", "csv"],
-)  # fmt: skip
-def test_a_write_that_fails_midway_leaves_no_version(tmp_path, request, name, data):
-    _catalog(tmp_path, "2026-01-01T00.00.00.000Z").save(name, data)
-    request.getfixturevalue("full_disk")
-    with pytest.raises(DatasetError, match="File too large"):
-        _catalog(tmp_path, "2026-01-02T00.00.00.000Z").save(name, data)
-    folder = Path(str(_catalog(tmp_path, "x").get(name)._filepath))
-    # Neither a half-written file nor a temporary one: the next run reads the complete one.
-    assert [p.name for p in folder.iterdir()] == ["2026-01-01T00.00.00.000Z"]
-    assert os.listdir(folder / "2026-01-01T00.00.00.000Z") == [folder.name]
+def test_a_write_that_fails_midway_leaves_no_version(tmp_path):
+    names = [f"{RUN}.embeddings", f"{RUN}.spectrum"]  # a torch file and a CSV table
+    done = subprocess.run(
+        [sys.executable, "-c", FULL_DISK_SAVE, str(tmp_path), *names],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    refused = [line for line in done.stdout.splitlines() if "refused:" in line]
+    assert len(refused) == 2 and all("File too large" in line for line in refused)
+    for name in names:
+        folder = Path(str(_catalog(tmp_path, "x").get(name)._filepath))
+        # Neither a half-written file nor a temporary one: the next run reads the complete one.
+        assert [p.name for p in folder.iterdir()] == ["2026-01-01T00.00.00.000Z"]
+        assert os.listdir(folder / "2026-01-01T00.00.00.000Z") == [folder.name]
 
 
 def test_a_run_that_cannot_write_its_outputs_stops_before_any_work(project):
