@@ -47,6 +47,18 @@ class NumericalError(UserFacingError, FloatingPointError):
     vectors and what to do; LAPACK's own error (its cause) never reaches the user alone."""
 
 
+def require_finite(x: np.ndarray, what: str) -> None:
+    """Refuse vectors (the last axis) holding a NaN or an infinity before a numerical routine
+    or a probe meets them, naming ``what`` was to be computed and how many are bad."""
+    vectors = np.asarray(x).reshape(-1, np.shape(x)[-1])
+    bad = ~np.isfinite(vectors).all(axis=1)
+    if bad.any():
+        raise NumericalError(
+            f"{what} cannot be computed: {int(bad.sum())} of the {len(vectors)} vectors hold NaN "
+            f"or infinite values; {NUMERICAL_ADVICE}"
+        )
+
+
 @dataclass(frozen=True)
 class Spectrum:
     """Both spectra of one set of N vectors, from a single Gram product.
@@ -455,9 +467,7 @@ def lidar_eigenvalues(
         )
     n, q, d = x.shape
     what = f"LiDAR of {vectors} ({n} samples x {q} views x {d})"
-    if not np.isfinite(x).all():
-        raise NumericalError(f"{what} cannot be computed: they hold NaN or infinite values; "
-                             f"{NUMERICAL_ADVICE}")  # fmt: skip
+    require_finite(x, what)
     # Covariances ignore a shift; removing one vector first keeps a large common mean (ReLU
     # representations) from cancelling digits, and makes identical vectors exactly zero.
     x -= x[0, 0].copy()

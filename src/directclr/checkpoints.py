@@ -90,6 +90,26 @@ class CheckpointInUseError(UserFacingError, RuntimeError):
     """Another process is training the run a checkpoint key names."""
 
 
+def first_non_finite(data: Any, key: str = "") -> str | None:
+    """Where the first floating tensor holding a NaN or an infinity sits in ``data`` (a tensor,
+    or dicts and lists of them such as a state dict or a saved artifact), as a dotted key
+    (``model.backbone.features.1.running_var``); None when every one is finite."""
+    if isinstance(data, torch.Tensor):
+        finite = not data.is_floating_point() or bool(torch.isfinite(data).all())
+        return None if finite else key or "the tensor"
+    if isinstance(data, dict):
+        items = data.items()
+    elif isinstance(data, list | tuple):
+        items = enumerate(data)
+    else:
+        return None
+    for name, value in items:
+        found = first_non_finite(value, f"{key}.{name}" if key else str(name))
+        if found is not None:
+            return found
+    return None
+
+
 class CheckpointStore:
     """A folder of checkpoints, one file per run key (a hash of the run's settings)."""
 

@@ -16,7 +16,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
-from directclr.analysis import NUMERICAL_ADVICE, NumericalError
+from directclr.analysis import NUMERICAL_ADVICE, NumericalError, require_finite
 from directclr.data import materialize
 from directclr.models import ModelConfig
 from directclr.projectors import HEAD, TAIL, leading_parts
@@ -65,17 +65,6 @@ def _flat(x) -> np.ndarray:
     return x.reshape(len(x), -1).astype(np.float32, copy=False)
 
 
-def _check_finite(x: np.ndarray, what: str) -> None:
-    """Refuse features holding a NaN or an infinity (in float32, as the probes read them),
-    naming them, before scikit-learn or torch turns them into a misleading error or score."""
-    bad = ~np.isfinite(x).all(axis=1)
-    if bad.any():
-        raise NumericalError(
-            f"{what} cannot be computed: {int(bad.sum())} of the {len(x)} vectors hold NaN or "
-            f"infinite values in float32; {NUMERICAL_ADVICE}"
-        )
-
-
 def linear_probe(
     train_x,
     train_y,
@@ -103,8 +92,8 @@ def linear_probe(
     """
     train_x, test_x = _flat(train_x), _flat(test_x)
     what = f"the linear probe on {features}"
-    _check_finite(train_x, f"{what} (train split)")
-    _check_finite(test_x, f"{what} (test split)")
+    require_finite(train_x, f"{what} (train split)")
+    require_finite(test_x, f"{what} (test split)")
     # One BLAS thread: L-BFGS on a probe is memory-bound, and two threads were slower on 2
     # cores (27 s against 31 s for the grid on 40,000 x 2,048) and up to 40x slower on a
     # loaded machine, where OpenBLAS's waiting threads spin.
@@ -122,7 +111,7 @@ def _standardised(scaler: StandardScaler, x: np.ndarray, what: str) -> np.ndarra
     """``x`` standardised by ``scaler``; features too large for it (a variance that
     overflows) give NaN, refused here, naming ``what``."""
     z = scaler.transform(x)
-    _check_finite(z, f"{what} (standardised)")
+    require_finite(z, f"{what} (standardised)")
     return z
 
 
@@ -187,8 +176,8 @@ def knn_accuracy(
     Vectors that are not finite raise :class:`~directclr.analysis.NumericalError`.
     """
     train_x, test_x = _flat(train_x), _flat(test_x)
-    _check_finite(train_x, "the kNN accuracy (train vectors)")
-    _check_finite(test_x, "the kNN accuracy (test vectors)")
+    require_finite(train_x, "the kNN accuracy (train vectors)")
+    require_finite(test_x, "the kNN accuracy (test vectors)")
     train = F.normalize(torch.as_tensor(train_x).float(), dim=1)
     test = F.normalize(torch.as_tensor(test_x).float(), dim=1)
     train_y = torch.as_tensor(np.asarray(train_y), dtype=torch.long)

@@ -39,7 +39,12 @@ from kedro_datasets.json import JSONDataset
 from kedro_datasets.pandas import CSVDataset
 
 from directclr.checkpoint_import import load_foreign_checkpoint
-from directclr.checkpoints import CheckpointStore, RefusedFileError, safe_load
+from directclr.checkpoints import (
+    CheckpointStore,
+    RefusedFileError,
+    first_non_finite,
+    safe_load,
+)
 from directclr.data.card import check_content
 from directclr.errors import CorruptFileError, UserFacingError
 from directclr.models import model_from_artifact
@@ -97,22 +102,6 @@ def write_atomically(fs: Any, protocol: str, path: str, data: bytes) -> None:
     fs.invalidate_cache(path)
 
 
-def _non_finite(data: Any, key: str = "") -> str | None:
-    """The key of the first floating tensor in ``data`` (nested dicts and lists) holding a
-    NaN or an infinity, or None when every one is finite."""
-    if isinstance(data, torch.Tensor):
-        finite = not data.is_floating_point() or bool(torch.isfinite(data).all())
-        return None if finite else key or "the tensor"
-    items = data.items() if isinstance(data, dict) else (
-        enumerate(data) if isinstance(data, list | tuple) else ()
-    )  # fmt: skip
-    for name, value in items:
-        found = _non_finite(value, f"{key}.{name}" if key else str(name))
-        if found is not None:
-            return found
-    return None
-
-
 class TorchDataset(AbstractVersionedDataset[Any, Any]):
     """Loads and saves weights-only torch files (``.pt``) on any fsspec filesystem.
 
@@ -166,7 +155,7 @@ class TorchDataset(AbstractVersionedDataset[Any, Any]):
         except RefusedFileError as err:
             message = str(err).replace(_rerun(None), _rerun(self._stage))
             raise DamagedArtifactError(message) from None
-        found = _non_finite(data)
+        found = first_non_finite(data)
         if found is not None:
             problem = f"holds NaN or infinite values (in {found})"
             raise _refused(

@@ -20,6 +20,7 @@ from torch import nn
 
 from directclr.analysis import Spectrum, embedding_spectrum, lidar, spectrum_metrics
 from directclr.augment import ViewAugmentation, augment
+from directclr.checkpoints import first_non_finite
 from directclr.distributed import all_max
 from directclr.errors import TrainingDiverged
 from directclr.models import ContrastiveModel
@@ -34,14 +35,6 @@ LIDAR_COLUMNS = ("lidar_r", "lidar_z")
 
 # ---------------------------------------------------------------------------------------------
 # Guards: stop a run that produces garbage, keeping its last good checkpoint
-
-
-def first_non_finite(tensors: dict[str, torch.Tensor]) -> str | None:
-    """The name of the first floating-point tensor holding a NaN or an infinity, or None."""
-    for name, tensor in tensors.items():
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            return name
-    return None
 
 
 def check_finite_state(model: nn.Module, probe: nn.Module, step: int, lr: float) -> None:

@@ -10,11 +10,10 @@ import torch
 from torch import nn
 
 from directclr.batches import BatchSource
-from directclr.checkpoints import CheckpointStore
+from directclr.checkpoints import CheckpointStore, first_non_finite
 from directclr.distributed import all_gather_objects, barrier
 from directclr.errors import TrainingDiverged
 from directclr.models import ContrastiveModel
-from directclr.training.monitoring import first_non_finite
 
 
 @dataclass
