@@ -2,6 +2,7 @@
 fixed seeds, and both toy pipelines through a Kedro session on a copy of the project."""
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -16,132 +17,49 @@ from directclr.toys import (
     ImplicitRegularizationConfig,
     StrongAugmentationConfig,
     alignment_matrix,
-    collapse_prediction,
     depth_sweep,
     depth_sweep_lines,
     depth_sweep_metrics,
-    dot_product_theory_matrix,
     final_alignment,
+    initial_weights,
     noise_sweep,
     noise_sweep_lines,
     noise_sweep_metrics,
-    principal_cos2,
-    theory_matrix,
+    prediction_note,
+    spectrum_note,
 )
 from tests.conftest import REPO
 
 
-def test_theory_matrix_is_the_papers_sum_over_pairs():
-    generator = torch.Generator().manual_seed(0)
-    weight = torch.randn(3, 3, generator=generator)
-    x, x_prime = torch.randn(5, 3, generator=generator), torch.randn(5, 3, generator=generator)
-    tau = 0.5
-    x64, x_prime64, w = x.double(), x_prime.double(), weight.double()
-    z = torch.nn.functional.normalize(x64 @ w.T, dim=1)
-    z_prime = torch.nn.functional.normalize(x_prime64 @ w.T, dim=1)
-    kernel = torch.exp(-(torch.cdist(z, z_prime) ** 2) / (2 * tau))
-    alpha = kernel / kernel.sum(dim=1, keepdim=True)
-    expected = torch.zeros(3, 3, dtype=torch.float64)
-    for i in range(5):
-        for j in range(5):
-            if j != i:
-                d = x_prime64[j] - x64[i]
-                expected += alpha[i, j] * torch.outer(d, d)
-        d = x_prime64[i] - x64[i]
-        expected -= (1 - alpha[i, i]) * torch.outer(d, d)
-    np.testing.assert_allclose(theory_matrix(weight, x, x_prime, tau), expected / 5, rtol=1e-10)
-
-
-@pytest.mark.parametrize("with_bias", [True, False])
-def test_the_paper_toys_loss_moves_w_by_exactly_w_x_over_n_tau(with_bias):
-    """-dL/dW~ = W~ X~ / (N tau) for the dot-product loss the paper's toy trains, held
-    against autograd in float64."""
-    generator = torch.Generator().manual_seed(1)
-    n, d, tau = 12, 5, 0.1
-    weight = torch.randn(d, d, generator=generator, dtype=torch.float64, requires_grad=True)
-    bias = torch.randn(d, generator=generator, dtype=torch.float64, requires_grad=True)
-    bias = bias if with_bias else None
-    x1 = torch.randn(n, d, generator=generator, dtype=torch.float64)
-    x2 = x1 + 0.3 * torch.randn(n, d, generator=generator, dtype=torch.float64)
-    z1, z2 = x1 @ weight.T, x2 @ weight.T
-    if with_bias:
-        z1, z2 = z1 + bias, z2 + bias
-    loss = torch.nn.functional.cross_entropy(z1 @ z2.T / tau, torch.arange(n))
-    loss.backward()
-    matrix = torch.from_numpy(dot_product_theory_matrix(weight, x1, x2, tau, bias))
-    w_tilde = torch.cat([weight, bias[:, None]], 1) if with_bias else weight
-    predicted = w_tilde.detach() @ matrix / (n * tau)
-    observed = -(torch.cat([weight.grad, bias.grad[:, None]], 1) if with_bias else weight.grad)
-    error = (predicted - observed).norm() / observed.norm()
-    assert error < 1e-10
-    torch.testing.assert_close(matrix, matrix.T, rtol=0, atol=1e-12)  # symmetric
-
-
-def test_eq6_is_exact_for_squared_distance_logits_and_an_approximation_otherwise():
-    generator = torch.Generator().manual_seed(2)
-    n, d, tau = 10, 4, 0.5
-    weight = torch.randn(d, d, generator=generator, dtype=torch.float64, requires_grad=True)
-    x1 = torch.randn(n, d, generator=generator, dtype=torch.float64)
-    x2 = x1 + 0.2 * torch.randn(n, d, generator=generator, dtype=torch.float64)
-    logits = -(torch.cdist(x1 @ weight.T, x2 @ weight.T) ** 2) / (2 * tau)
-    torch.nn.functional.cross_entropy(logits, torch.arange(n)).backward()
-    eq6 = torch.from_numpy(theory_matrix(weight, x1, x2, tau, normalise=False))
-    torch.testing.assert_close(weight.detach() @ eq6 / tau, -weight.grad, rtol=1e-10, atol=0)
-    exact = dot_product_theory_matrix(weight, x1, x2, tau)
-    cosine = (exact * eq6.numpy()).sum() / (np.linalg.norm(exact) * np.linalg.norm(eq6.numpy()))
-    assert -1 <= cosine < 0.9999  # related, not the same matrix
-
-
-def test_a_biased_layer_trained_with_the_cosine_loss_tracks_prediction_on_w_alone():
-    config = StrongAugmentationConfig(dim=6, noisy_dims=3, noise_levels=[2.0], steps=20,
-                                      record_every=10, bias=True, probe_size=256)  # fmt: skip
-    _, theory, prediction, _ = noise_sweep(config)
-    assert len(theory) == 3 * 6  # Eq. 6's X is d x d: it has no bias coordinate
-    assert prediction["principal_cos2"].dropna().between(0, 1).all()
-
-
-def test_principal_cos2_compares_subspaces():
-    basis = np.eye(4)
-    assert principal_cos2(basis[:, :2], basis[:, :2]) == pytest.approx(1.0)
-    assert principal_cos2(basis[:, :2], basis[:, 2:]) == pytest.approx(0.0)
-    assert principal_cos2(basis[:, :1], basis[:, :3]) == pytest.approx(1.0)  # contained
-    assert np.isnan(principal_cos2(basis[:, :0], basis[:, :2]))
-
-
-def test_collapse_prediction_compares_negative_directions_of_x_with_collapsed_ones_of_w():
-    config = StrongAugmentationConfig(dim=4, noisy_dims=2, noise_levels=[1.0])
-    matrix = np.diag([-1.0, -1.0, 1.0, 1.0])
-    along = torch.diag(torch.tensor([1e-6, 1e-6, 1.0, 1.0]))  # W collapsed where X < 0
-    across = torch.diag(torch.tensor([1.0, 1.0, 1e-6, 1e-6]))  # ... where X > 0
-    for weight, cos2 in ((along, 1.0), (across, 0.0)):
-        result = collapse_prediction(matrix, weight, config, bias=None)
-        assert result["negative_eigenvalues"] == 2 and result["collapsed_singular_values"] == 2
-        assert result["principal_cos2"] == pytest.approx(cos2, abs=1e-9)
-    healthy = collapse_prediction(matrix, torch.eye(4), config, bias=None)
-    assert healthy["collapsed_singular_values"] == 0 and np.isnan(healthy["principal_cos2"])
-
-
-def test_the_papers_toy_loss_collapses_the_noisy_half_and_tracks_the_prediction():
+def test_lemma_2_predicts_collapse_at_strong_noise_only_and_where_it_happens_in_the_papers_toy():
     """The paper's case_1 settings, shortened (lr 0.01 for 3,000 steps instead of 0.001 for
-    10,000): strong noise collapses the 8 noisy directions."""
+    10,000): at initialisation Lemma 2's X has no negative eigenvalue at weak noise and
+    several, lying in the noisy half, at strong noise; they point where W~ collapses."""
     config = StrongAugmentationConfig(
-        noise_levels=[0.01, 2.0], steps=3000, record_every=1000, lr=0.01, loss="dot_product",
-        data_pool=10000, bias=True, init="pytorch_default", spectrum="raw", probe_size=1000,
-        probe_fresh=True,
+        noise_levels=[0.01, 2.0], steps=3000, record_every=1000, theory_every=3000, lr=0.01,
+        loss="dot_product", data_pool=10000, bias=True, init="pytorch_default", spectrum="raw",
+        probe_size=1000, probe_fresh=True,
     )  # fmt: skip
-    _, _, prediction, summary = noise_sweep(config)
-    strong, weak = summary.set_index("noise").loc[2.0], summary.set_index("noise").loc[0.01]
-    assert strong["observed_collapsed"] == 8
-    assert strong["collapsed_singular_values_final"] == 8
-    assert strong["predicted_collapsed"] >= 1  # X~ has negative eigenvalues from the start
-    assert 0.0 <= strong["principal_cos2_final"] <= 1.0
-    assert -1.0 <= strong["cosine_exact_to_eq6_final"] < 0.9999  # Eq. 6 approximates X~
-    assert weak["observed_collapsed"] == 0 and pd.isna(weak["principal_cos2_final"])
-    assert list(prediction["step"].unique()) == [0, 1000, 2000, 3000]
+    _, theory, prediction, summary = noise_sweep(config)
+    weak, strong = summary.set_index("noise").loc[0.01], summary.set_index("noise").loc[2.0]
+    assert weak["predicted_collapsed"] == 0 and weak["observed_collapsed"] == 0
+    assert strong["predicted_collapsed"] >= 6
+    assert strong["negative_x_noisy_share"] > 0.9  # random directions: 0.5
+    assert strong["collapsed_w_tilde_final"] == 9  # the 8 noisy directions and the null vector
+    assert strong["overlap_x_final"] > strong["chance_x_final"] + 0.3
+    assert strong["overlap_trained_final"] > strong["chance_trained_final"] + 0.3
+    # The exact matrix of the loss trained has negative eigenvalues at weak noise too.
+    assert weak["predicted_collapsed_trained_loss"] >= 1
+    assert set(theory["matrix"]) == {"X", "X~"} and set(theory["step"]) == {0, 3000}
+    assert len(theory[theory["matrix"] == "X~"]) == 2 * 2 * 17  # over [x; 1]
+    estimated = prediction.dropna(subset=["negative_x"])
+    assert set(estimated["step"]) == {0, 3000} and len(prediction) == 2 * 4
 
 
 def test_strong_noise_collapses_the_noisy_half_and_weak_noise_collapses_nothing():
-    config = StrongAugmentationConfig(noise_levels=[0.01, 1.5], steps=600, record_every=300)
+    config = StrongAugmentationConfig(
+        noise_levels=[0.01, 1.5], steps=600, record_every=300, theory_every=600
+    )
     spectra, theory, prediction, summary = noise_sweep(config)
     weak, strong = summary.set_index("noise").loc[0.01], summary.set_index("noise").loc[1.5]
 
@@ -150,7 +68,8 @@ def test_strong_noise_collapses_the_noisy_half_and_weak_noise_collapses_nothing(
     assert strong["observed_collapsed"] >= 1
     assert lam[-1] <= 1e-4 * lam[0]  # at least one eigenvalue 10^4 below the largest
     assert strong["noisy_to_clean_weight_ratio"] < 0.05  # W barely reads the noisy half
-    assert strong["predicted_collapsed"] >= 1  # X has negative eigenvalues at the start
+    assert strong["predicted_collapsed"] >= 4  # X has negative eigenvalues at the start
+    assert strong["overlap_x_final"] > 0.9 > strong["chance_x_final"] + 0.3
 
     lam = final[final["noise"] == 0.01]["eigenvalue"].to_numpy()
     assert weak["observed_collapsed"] == 0 and lam[-1] > 1e-2 * lam[0]
@@ -158,8 +77,14 @@ def test_strong_noise_collapses_the_noisy_half_and_weak_noise_collapses_nothing(
     assert weak["noisy_to_clean_weight_ratio"] == pytest.approx(1.0, abs=0.1)
 
     assert sorted(spectra["step"].unique()) == [0, 300, 600]
-    assert len(spectra) == len(theory) == 2 * 3 * config.dim
+    assert len(spectra) == 2 * 3 * config.dim and len(theory) == 2 * 2 * config.dim
+    assert set(theory["matrix"]) == {"X"}  # the cosine loss has no exact matrix
     assert len(prediction) == 2 * 3 and set(prediction["step"]) == {0, 300, 600}
+
+
+def test_the_theory_is_estimated_only_at_recordings():
+    with pytest.raises(ValidationError, match="multiple of record_every"):
+        StrongAugmentationConfig(record_every=300, theory_every=500)
 
 
 def test_two_layers_collapse_along_aligned_directions_and_depth_adds_collapse():
@@ -196,23 +121,50 @@ def test_alignment_matrix_of_aligned_layers_is_the_identity():
 
 def test_the_noise_sweeps_metrics_say_which_matrix_predicts_and_log_a_line_per_level():
     summary = pd.DataFrame({"noise": [0.01, 1.5], "observed_collapsed": [0, 8],
-                            "predicted_collapsed": [0, 6], "negative_x_eigenvalues_final": [0, 8],
-                            "principal_cos2_final": [np.nan, 0.75],
+                            "predicted_collapsed": [0, 6], "overlap_x_final": [np.nan, 0.75],
+                            "chance_x_final": [np.nan, 0.5],
                             "noisy_to_clean_weight_ratio": [1.0, 0.0123]})  # fmt: skip
     config = StrongAugmentationConfig(loss="dot_product", spectrum="raw")
     metrics = noise_sweep_metrics(summary, config)
-    assert metrics["runs"][0]["principal_cos2_final"] is None  # JSON has no NaN
+    assert metrics["runs"][0]["overlap_x_final"] is None  # JSON has no NaN
     assert metrics["parameters"] == config.model_dump()
-    assert metrics["theory_matrix"].startswith("the exact matrix X~ of the dot-product loss")
+    assert metrics["x"].startswith("Lemma 2's X") and "same branch" in metrics["x"]
+    assert metrics["x~"].startswith("the exact matrix of the loss trained")
+    assert "below -3 standard errors" in metrics["predicted_collapsed"]
     assert "covariance of raw z (np.cov)" in metrics["observed_collapsed"]
-    cosine = noise_sweep_metrics(summary, StrongAugmentationConfig())
-    assert cosine["theory_matrix"].startswith("Eq. 6's X on L2-normalised z")
+    assert "x~" not in noise_sweep_metrics(summary, StrongAugmentationConfig())
     assert noise_sweep_lines(metrics) == [
-        "toy_strong_augmentation: noise 0.01 -> collapsed 0 of 16 (X predicts 0 at the start, 0 "
-        "at the end; cos^2 None); noisy/clean weight ratio 1",
-        "toy_strong_augmentation: noise 1.50 -> collapsed 8 of 16 (X predicts 6 at the start, 8 "
-        "at the end; cos^2 0.75); noisy/clean weight ratio 0.0123",
+        "toy_strong_augmentation: noise 0.01 -> collapsed 0 of 16; Lemma 2's X predicts 0 at "
+        "the start, overlap with W's collapsed directions n/a; noisy/clean weight ratio 1",
+        "toy_strong_augmentation: noise 1.50 -> collapsed 8 of 16; Lemma 2's X predicts 6 at "
+        "the start, overlap with W's collapsed directions 0.75 (chance 0.50); noisy/clean "
+        "weight ratio 0.0123",
     ]
+
+
+def test_figures_say_which_spectrum_each_environment_shows():
+    paper = ImplicitRegularizationConfig(spectrum="raw", probe_fresh=True, probe_size=1000)
+    assert spectrum_note(paper) == (
+        "eigenvalues of np.cov of raw z (centred, divided by N - 1) on 1000 fresh clean "
+        "inputs at every recording"
+    )
+    assert spectrum_note(ImplicitRegularizationConfig()) == (
+        "eigenvalues of the covariance of L2-normalised z on a fixed probe of 1024 clean inputs"
+    )
+    note = prediction_note(StrongAugmentationConfig(loss="dot_product"))
+    assert "X: Lemma 2" in note and "X~: the exact matrix" in note
+    assert "X~" not in prediction_note(StrongAugmentationConfig())
+
+
+def test_case_2_draws_its_initial_layers_as_the_papers_script():
+    """case_2.py: np.random.seed(0), then per layer (lowest first) the SVD of
+    np.random.random((16, 16)) with its singular values replaced by exp(-0.35 k)."""
+    layers = initial_weights(2, 16, 1.0, math.exp(-0.35), torch.Generator(), "uniform_svd", 0)
+    np.random.seed(0)
+    for layer in layers:
+        u, _, v = np.linalg.svd(np.random.random((16, 16)))
+        expected = torch.Tensor(u @ np.diag(np.exp(-np.arange(16) * 0.35)) @ v)
+        torch.testing.assert_close(layer, expected, rtol=1e-6, atol=1e-7)
 
 
 def test_the_depth_sweeps_metrics_and_the_final_alignment_matrices():
@@ -232,13 +184,17 @@ def test_the_depth_sweeps_metrics_and_the_final_alignment_matrices():
     matrices = final_alignment(pd.DataFrame(rows))
     assert list(matrices) == ["2 layers: |V2^T U1|"]  # the last step only
     np.testing.assert_array_equal(matrices["2 layers: |V2^T U1|"], [[20, 21], [30, 31]])
+    # Row 2 (the one collapsed direction) peaks at column 2: on the diagonal.
+    named = final_alignment(pd.DataFrame(rows), pd.DataFrame({"layers": [2], "collapsed": [1]}))
+    assert list(named) == ["2 layers: |V2^T U1|\ncollapsed rows 2-2 peak at columns 2\n"
+                           "on the diagonal: 2"]  # fmt: skip
 
 
 @pytest.mark.parametrize(
     ("model", "bad"),
     [(StrongAugmentationConfig, {"noisy_dims": 16}),
      (StrongAugmentationConfig, {"noise_levels": [-1.0]}),
-     (StrongAugmentationConfig, {"probe_size": 64, "batch_size": 128}),
+     (StrongAugmentationConfig, {"theory_batches": 2}),  # nothing to test on
      (StrongAugmentationConfig, {"noise": 1.0}),
      (ImplicitRegularizationConfig, {"layers": [2, 2]}),
      (ImplicitRegularizationConfig, {"probe_size": 16}),  # structural zeros in the spectrum

@@ -22,13 +22,21 @@ def _finish(fig: plt.Figure, ax: plt.Axes, note: str) -> plt.Figure:
     return fig
 
 
+# What the model stages' spectra are: the project's one convention.
+NORMALISED_NOTE = "eigenvalues of the covariance of L2-normalised vectors"
+
+
 def spectrum_figure(
-    spectra: dict[str, np.ndarray], title: str, rank_limit: int | None = None
+    spectra: dict[str, np.ndarray],
+    title: str,
+    rank_limit: int | None = None,
+    note: str = NORMALISED_NOTE,
 ) -> plt.Figure:
     """Log10 covariance eigenvalues against their rank, one line per named spectrum.
 
     ``rank_limit`` (N - 1 for N vectors) draws where the rank of any N centred vectors
-    ends: eigenvalues past it are zero (or rounding) whatever the model.
+    ends: eigenvalues past it are zero (or rounding) whatever the model. ``note`` says in
+    small print which eigenvalues these are.
     """
     frame = pd.concat(
         pd.DataFrame(
@@ -50,9 +58,7 @@ def spectrum_figure(
         ax.text(rank_limit, 0.98, " N - 1", transform=ax.get_xaxis_transform(), va="top",
                 fontsize=7, color="0.4")  # fmt: skip
     ax.set_title(title)
-    return _finish(
-        fig, ax, "eigenvalues of the covariance of L2-normalised vectors (zeros drawn at 1e-20)"
-    )
+    return _finish(fig, ax, f"{note} (zeros drawn at 1e-20)")
 
 
 def training_history_figure(history: pd.DataFrame, title: str) -> plt.Figure:
@@ -116,14 +122,19 @@ def spectra_overlay_figure(spectra: pd.DataFrame, title: str) -> plt.Figure:
 
 
 def spectrum_history_figure(
-    history: pd.DataFrame, title: str, time: str = "epoch", panel: str = "vectors"
+    history: pd.DataFrame,
+    title: str,
+    time: str = "epoch",
+    panel: str = "vectors",
+    note: str = f"{NORMALISED_NOTE} on a fixed probe batch",
 ) -> plt.Figure:
     """The spectrum over training: heatmaps of log10 eigenvalue, rank index against ``time``.
 
     ``history`` is long: one row per (``panel`` value, ``time``, ``index``) with its
-    ``eigenvalue`` (covariance of L2-normalised vectors on a fixed probe batch). One panel
-    per value of ``panel`` (r and z for pretraining, noise levels or depths for the toys),
-    all on one colour scale. An empty history gives a figure that says so.
+    ``eigenvalue``; ``note`` says which eigenvalues (by default the pretraining stage's: the
+    covariance of L2-normalised vectors on a fixed probe batch). One panel per value of
+    ``panel`` (r and z for pretraining, noise levels or depths for the toys), all on one
+    colour scale. An empty history gives a figure that says so.
     """
     if history.empty:
         fig, ax = plt.subplots(figsize=(5, 2), dpi=120)
@@ -153,13 +164,7 @@ def spectrum_history_figure(
         ax.set_ylabel("singular value rank index")
         ax.tick_params(axis="y", labelrotation=0)
     fig.suptitle(title)
-    fig.text(
-        0.01,
-        0.01,
-        "eigenvalues of the covariance of L2-normalised vectors on a fixed probe batch",
-        fontsize=7,
-        color="0.4",
-    )
+    fig.text(0.01, 0.01, note, fontsize=7, color="0.4")
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     plt.close(fig)
     return fig
@@ -201,7 +206,7 @@ def alignment_figure(matrices: dict[str, np.ndarray], title: str) -> plt.Figure:
         ticks = np.arange(1, matrix.shape[0] + 1)
         sns.heatmap(matrix, ax=ax, cmap="magma", vmin=0, vmax=1, square=True,
                     xticklabels=ticks, yticklabels=ticks)  # fmt: skip
-        ax.set_title(name)
+        ax.set_title(name, fontsize=9)
         ax.set_xlabel("left singular vector of the lower layer")
         ax.set_ylabel("right singular vector of the upper layer")
     fig.suptitle(title)
@@ -210,33 +215,59 @@ def alignment_figure(matrices: dict[str, np.ndarray], title: str) -> plt.Figure:
     return fig
 
 
-def final_spectrum_figure(history: pd.DataFrame, panel: str, title: str) -> plt.Figure:
+def final_spectrum_figure(
+    history: pd.DataFrame, panel: str, title: str, note: str = NORMALISED_NOTE
+) -> plt.Figure:
     """The last recorded spectrum of each value of ``panel`` in a spectrum history, as
-    :func:`spectrum_figure` lines (one per setting)."""
+    :func:`spectrum_figure` lines (one per setting), ``note`` saying which eigenvalues."""
     final = history[history["step"] == history["step"].max()].sort_values("index")
     spectra = {
         f"{panel} {value}": run["eigenvalue"].to_numpy() for value, run in final.groupby(panel)
     }
-    return spectrum_figure(spectra, title)
+    return spectrum_figure(spectra, title, note=note)
 
 
-def collapse_prediction_figure(prediction: pd.DataFrame, title: str) -> plt.Figure:
-    """Over training, per noise level: how many eigenvalues of the theory's matrix are
-    negative (predicted), how many singular values of W have collapsed (observed), and the
-    mean cos^2 of the principal angles between the two subspaces."""
+def collapse_prediction_figure(prediction: pd.DataFrame, title: str, note: str) -> plt.Figure:
+    """Over training, per noise level: the theory's negative eigenvalues (predicted), the
+    collapsed directions of W (observed), and how the negative eigenspace at initialisation
+    overlaps the directions collapsed at each step, against random subspaces (dotted).
+
+    ``prediction`` is :func:`directclr.toys.noise_sweep`'s table: columns ending ``_x`` are
+    for Lemma 2's X and W, those ending ``_trained`` (when present) for the exact X~ of the
+    loss trained and W~ = [W | b]."""
+    matrices = [("x", "X", "W")]
+    if "negative_trained" in prediction and prediction["negative_trained"].notna().any():
+        matrices.append(("trained", "X~", "W~"))
     sns.set_theme(style="whitegrid")
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8), dpi=120)
+    fig, axes = plt.subplots(1, 2 + len(matrices), figsize=(5 + 4 * len(matrices), 3.9), dpi=120)
     frame = prediction.assign(noise=prediction["noise"].astype(str))
-    panels = (("negative_eigenvalues", "predicted: negative eigenvalues of X"),
-              ("collapsed_singular_values", "observed: collapsed singular values of W"),
-              ("principal_cos2", "agreement: mean cos² of principal angles"))  # fmt: skip
-    for ax, (column, label) in zip(axes, panels, strict=True):
-        sns.lineplot(data=frame, x="step", y=column, hue="noise", ax=ax, legend=ax is axes[0])
-        ax.set_title(label, fontsize=9)
-        ax.set_ylabel("")
-    axes[2].set_ylim(-0.05, 1.05)
+    counts = (("negative", "predicted: negative eigenvalues of {}", 0),
+              ("collapsed", "observed: collapsed directions of {}", 1))  # fmt: skip
+    for prefix, label, column in counts:
+        long = pd.concat(
+            frame.assign(matrix=name if prefix == "negative" else weight,
+                         value=frame[f"{prefix}_{key}" if prefix == "negative"
+                                     else f"collapsed_{key}_space"])
+            for key, name, weight in matrices
+        ).dropna(subset=["value"])  # fmt: skip
+        names = [name if prefix == "negative" else weight for _, name, weight in matrices]
+        sns.lineplot(data=long, x="step", y="value", hue="noise", style="matrix",
+                     style_order=names, ax=axes[column], legend=column == 0)  # fmt: skip
+        axes[column].set_title(label.format(" / ".join(names)), fontsize=9)
+        axes[column].set_ylabel("")
+    for ax, (key, name, weight) in zip(axes[2:], matrices, strict=True):
+        sns.lineplot(data=frame, x="step", y=f"overlap_{key}", hue="noise", ax=ax, legend=False)
+        sns.lineplot(data=frame, x="step", y=f"chance_{key}", hue="noise", ax=ax, legend=False,
+                     linestyle=":")  # fmt: skip
+        ax.set_title(f"overlap: {name}'s initial negative eigenspace\nwith {weight}'s collapsed "
+                     "directions (dotted: chance)", fontsize=9)  # fmt: skip
+        ax.set_ylabel("mean cos² of principal angles")
+        ax.set_ylim(-0.05, 1.05)
+    if axes[0].get_legend() is not None:
+        sns.move_legend(axes[0], "best", fontsize=7, title_fontsize=8)
     fig.suptitle(title)
-    fig.tight_layout()
+    fig.text(0.01, 0.01, note, fontsize=7, color="0.4")
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
     plt.close(fig)
     return fig
 

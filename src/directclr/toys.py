@@ -17,8 +17,8 @@ case_2.py of facebookresearch/directclr, setting by setting):
 
 1. **Strong augmentation** (Sec. 4 of Jing et al., 2022): one layer, noise of amplitude
    ``noise`` on the last ``noisy_dims`` inputs. Once the noise outweighs the data variance
-   there, the theory's matrix X (:func:`theory_matrix`) has negative eigenvalues and W's
-   singular values along them decay: the embedding collapses.
+   there, the theory's matrix X (Lemma 2, :mod:`directclr.toy_theory`) has negative
+   eigenvalues and W's singular values along them decay: the embedding collapses.
 2. **Implicit regularization** (Sec. 5): two or more layers initialised with small,
    decaying singular values and weak noise on every input. Adjacent layers align
    (|V_{l+1}^T U_l| tends to a permutation) and the small singular values of the product
@@ -47,6 +47,7 @@ from directclr.analysis import (
     covariance_spectrum,
     effective_rank,
 )
+from directclr import toy_theory
 from directclr.losses import info_nce
 from directclr.threads import one_cpu_thread
 
@@ -80,9 +81,6 @@ class ToyTraining(BaseModel):
         "normalised", description="covariance of L2-normalised z, or of raw z (np.cov's)"
     )
     probe_fresh: bool = Field(False, description="draw the probe afresh at every recording")
-    negative_eps: float = Field(
-        1e-3, gt=0, description="X's eigenvalues below -eps * ||X|| predict collapse"
-    )
 
     @model_validator(mode="after")
     def _check_pool(self) -> ToyTraining:
@@ -109,6 +107,15 @@ class StrongAugmentationConfig(ToyTraining):
         "scaled_gaussian",
         description="W ~ N(0, 1/d), or nn.Linear's default (uniform, bound 1/sqrt(d))",
     )
+    theory_every: int = Field(
+        500, ge=1, description="steps between estimates of the theory's matrices (and the last)"
+    )
+    theory_batches: int = Field(
+        128, ge=4, description="fresh batches each estimate averages (half choose, half measure)"
+    )
+    significance: float = Field(
+        3.0, gt=0, description="an eigenvalue is negative below -significance standard errors"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> StrongAugmentationConfig:
@@ -116,10 +123,10 @@ class StrongAugmentationConfig(ToyTraining):
             raise ValueError(f"noisy_dims={self.noisy_dims} must be below dim={self.dim}")
         if min(self.noise_levels) < 0:
             raise ValueError(f"noise_levels must be >= 0, got {self.noise_levels}")
-        if self.probe_size < self.batch_size:
+        if self.theory_every % self.record_every:
             raise ValueError(
-                f"probe_size={self.probe_size} must be at least batch_size={self.batch_size}: "
-                f"the theory's X is averaged over probe batches of the training batch size"
+                f"theory_every={self.theory_every} must be a multiple of record_every="
+                f"{self.record_every}: the theory is estimated at recordings"
             )
         return self
 
@@ -173,6 +180,22 @@ def toy_spectrum(z: torch.Tensor, config: ToyTraining) -> np.ndarray:
     centred = z - z.mean(dim=0)
     covariance = centred.T @ centred / (len(z) - 1)
     return np.clip(torch.linalg.eigvalsh(covariance).numpy()[::-1].copy(), 0.0, None)
+
+
+def spectrum_note(config: ToyTraining) -> str:
+    """What a toy's embedding spectrum is, in a figure's small print: which covariance, on
+    which probe."""
+    which = (
+        "np.cov of raw z (centred, divided by N - 1)"
+        if config.spectrum == "raw"
+        else "the covariance of L2-normalised z"
+    )
+    probe = (
+        f"{config.probe_size} fresh clean inputs at every recording"
+        if config.probe_fresh
+        else f"a fixed probe of {config.probe_size} clean inputs"
+    )
+    return f"eigenvalues of {which} on {probe}"
 
 
 # The toys train in float32; their spectra are computed in float64. What limits the smallest
@@ -279,159 +302,14 @@ def _check_finite(
     )
 
 
-def theory_matrix(
-    weight: torch.Tensor,
-    view1: torch.Tensor,
-    view2: torch.Tensor,
-    temperature: float,
-    normalise: bool = True,
-    bias: torch.Tensor | None = None,
-) -> np.ndarray:
-    """The matrix X of Eq. 6 (Lemma 2 of Jing et al., 2022) on one batch, divided by its size.
-
-    For a linear layer z = W x trained with InfoNCE, gradient flow gives dW/dt = W X with
-
-        X = sum_i [ sum_{j != i} alpha_ij (x'_j - x_i)(x'_j - x_i)^T
-                    - (1 - alpha_ii) (x'_i - x_i)(x'_i - x_i)^T ],
-        alpha_ij = exp(-|z_i - z'_j|^2 / 2 tau) / sum_k exp(-|z_i - z'_k|^2 / 2 tau),
-
-    x_i and x'_i the two views of sample i: the weighted covariance of negative pairs (data
-    and augmentation) minus the weighted covariance of positive pairs (augmentation only).
-    W's singular values along eigenvectors of X with negative eigenvalues decay
-    exponentially (Theorem 1). The identity is exact for a loss whose logits are
-    -|z_i - z'_j|^2 / 2 tau; for the toys' losses it is an approximation (see
-    :func:`dot_product_theory_matrix` for the exact matrix of the paper's toy loss).
-    ``normalise``: alpha from L2-normalised z (as the cosine loss sees them), else from raw
-    z (with ``bias`` added; it cancels in the differences).
-    """
-    x1, x2 = view1.double(), view2.double()
-    w = weight.detach().double()
-    z1, z2 = x1 @ w.T, x2 @ w.T
-    if bias is not None:
-        z1, z2 = z1 + bias.detach().double(), z2 + bias.detach().double()
-    if normalise:
-        z1, z2 = F.normalize(z1, dim=1), F.normalize(z2, dim=1)
-    alpha = torch.softmax(-(torch.cdist(z1, z2) ** 2) / (2 * temperature), dim=1)
-    negatives = alpha - torch.diag(alpha.diagonal())
-    row, column = negatives.sum(dim=1), negatives.sum(dim=0)
-    negative_pairs = (
-        x2.T @ (column[:, None] * x2)
-        - x2.T @ negatives.T @ x1
-        - x1.T @ negatives @ x2
-        + x1.T @ (row[:, None] * x1)
-    )
-    difference = x2 - x1
-    positive_pairs = difference.T @ ((1 - alpha.diagonal())[:, None] * difference)
-    return ((negative_pairs - positive_pairs) / len(x1)).numpy()
-
-
-def _with_ones(x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """x~ = [x; 1] when the layer has a bias, else x."""
-    return x if bias is None else torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1)
-
-
-def dot_product_theory_matrix(
-    weight: torch.Tensor,
-    view1: torch.Tensor,
-    view2: torch.Tensor,
-    temperature: float,
-    bias: torch.Tensor | None = None,
-) -> np.ndarray:
-    """The exact matrix of the paper's toy loss, for one batch of N pairs.
-
-    The loss is L = 1/N sum_i [ -s_ii + log sum_j exp(s_ij) ] with s_ij = z_i . z'_j / tau,
-    z = W~ x~, W~ = [W | b] and x~ = [x; 1] (just W and x without a bias). With A the rows
-    x~_i of the first view, B those of the second and P_ij = softmax_j(s_ij),
-
-        dL/dz_i  = (sum_j P_ij z'_j - z'_i) / (N tau),
-        dL/dz'_j = (sum_i P_ij z_i - z_j) / (N tau),
-
-    and collecting dL/dW~ = sum_i dL/dz_i x~_i^T + sum_j dL/dz'_j x~'_j^T gives exactly
-
-        -dL/dW~ = W~ X~ / (N tau),   X~ = B^T A + A^T B - B^T P^T A - A^T P B,
-
-    symmetric, so gradient descent moves W~ by W~ X~: its singular values along
-    eigenvectors of X~ with negative eigenvalues shrink. Returns X~ (float64, not divided).
-    """
-    a = _with_ones(view1.double(), bias)
-    b = _with_ones(view2.double(), bias)
-    w = weight.detach().double()
-    if bias is not None:
-        w = torch.cat([w, bias.detach().double()[:, None]], dim=1)
-    p = torch.softmax((a @ w.T) @ (b @ w.T).T / temperature, dim=1)
-    return (b.T @ a + a.T @ b - b.T @ p.T @ a - a.T @ p @ b).numpy()
-
-
-def training_matrix(
-    weight: torch.Tensor,
-    view1: torch.Tensor,
-    view2: torch.Tensor,
-    config: ToyTraining,
-    bias: torch.Tensor | None = None,
-) -> np.ndarray:
-    """The theory's matrix for the loss the toy trains, per pair: exact for ``dot_product``
-    (:func:`dot_product_theory_matrix` / N, over [x; 1] with a bias), Eq. 6's approximation
-    for ``cosine_symmetric`` (:func:`theory_matrix` on normalised z)."""
-    if config.loss == "dot_product":
-        x = dot_product_theory_matrix(weight, view1, view2, config.temperature, bias)
-        return x / len(view1)
-    return theory_matrix(weight, view1, view2, config.temperature, normalise=True, bias=bias)
-
-
-def _mean_over_batches(function, view1: torch.Tensor, view2: torch.Tensor, size: int):
-    """``function(a, b)`` averaged over the probe views cut into batches of ``size``."""
-    batches = max(1, len(view1) // size)
-    return np.mean(
-        [
-            function(a, b)
-            for a, b in zip(
-                view1[: batches * size].split(size), view2[: batches * size].split(size),
-                strict=True,
-            )
-        ],
-        axis=0,
-    )  # fmt: skip
-
-
-def principal_cos2(first: np.ndarray, second: np.ndarray) -> float:
-    """Mean cos^2 of the principal angles between the column spans of two orthonormal
-    bases: ||Q1^T Q2||_F^2 / min(k1, k2); 1 when one span contains the other, NaN when
-    either is empty."""
-    if first.shape[1] == 0 or second.shape[1] == 0:
-        return float("nan")
-    overlap = first.T @ second
-    return float((overlap**2).sum() / min(first.shape[1], second.shape[1]))
-
-
-def collapse_prediction(
-    matrix: np.ndarray, weight: torch.Tensor, config: ToyTraining, bias: torch.Tensor | None
-) -> dict[str, float | int]:
-    """Predicted against observed collapse at one moment of training.
-
-    Predicted: the eigenvectors of the theory's matrix with an eigenvalue below
-    -``negative_eps`` times its largest absolute eigenvalue. Observed: the right singular
-    vectors of W (W~ = [W | b] with a bias) whose squared singular value has collapsed
-    (:func:`collapsed_directions`). ``principal_cos2`` compares the two subspaces
-    (:func:`principal_cos2`)."""
-    values, vectors = np.linalg.eigh(matrix)
-    scale = np.abs(values).max() if values.size else 0.0
-    negative = vectors[:, values < -config.negative_eps * scale]
-    w = weight.detach().double()
-    if bias is not None and matrix.shape[0] == w.shape[1] + 1:  # the matrix covers [x; 1]
-        w = torch.cat([w, bias.detach().double()[:, None]], dim=1)
-    _, sigma, vh = torch.linalg.svd(w, full_matrices=False)
-    sigma, vh = sigma.numpy(), vh.numpy()
-    collapsed = vh[collapsed_directions(sigma**2, config)].T
-    return {
-        "negative_eigenvalues": int(negative.shape[1]),
-        "collapsed_singular_values": int(collapsed.shape[1]),
-        "principal_cos2": principal_cos2(negative, collapsed),
-    }
-
-
 def _probe_generator(config: ToyTraining) -> torch.Generator:
     """The probe batch's own random stream, so that training draws do not depend on it."""
     return torch.Generator().manual_seed(config.seed + 2**32)
+
+
+def _theory_generator(config: ToyTraining) -> torch.Generator:
+    """The theory's batches' own random stream: estimating X changes no other draw."""
+    return torch.Generator().manual_seed(config.seed + 2**33)
 
 
 def json_records(table: pd.DataFrame) -> list[dict]:
@@ -462,20 +340,101 @@ def initial_layer(
     return weight, torch.zeros(d) if config.bias else None
 
 
+# The two matrices the strong-augmentation toy estimates: Lemma 2's X of the paper, and the
+# exact matrix of the loss the toy trains (only the dot-product loss has one).
+PAPER, TRAINED = "X", "X~"
+
+
+class _Theory:
+    """The theory's matrices for one noise level, estimated on ``theory_batches`` fresh
+    batches of the training batch size (:func:`directclr.toy_theory.held_out_spectrum`),
+    and the negative eigenspaces found at initialisation."""
+
+    def __init__(self, config: StrongAugmentationConfig, amplitude: torch.Tensor) -> None:
+        self.config, self.amplitude = config, amplitude
+        self.generator = _theory_generator(config)
+        self.initial: dict[str, np.ndarray] = {}
+
+    def matrices(self) -> list[str]:
+        return [PAPER, TRAINED] if self.config.loss == "dot_product" else [PAPER]
+
+    def estimate(
+        self, weight: torch.Tensor, bias: torch.Tensor | None
+    ) -> dict[str, toy_theory.HeldOutSpectrum]:
+        config = self.config
+        x = torch.randn(
+            config.theory_batches, config.batch_size, config.dim, generator=self.generator
+        )
+        view1, view2 = two_views(x, self.amplitude, self.generator)
+        per_batch = {PAPER: toy_theory.paper_matrix(weight, view1, view2, config.temperature)}
+        if config.loss == "dot_product":
+            per_batch[TRAINED] = toy_theory.trained_loss_matrix(
+                weight, view1, view2, config.temperature, bias
+            )
+        spectra = {
+            name: toy_theory.held_out_spectrum(matrices / config.batch_size)
+            for name, matrices in per_batch.items()
+        }
+        self.means = {name: matrices.mean(0).numpy() for name, matrices in per_batch.items()}
+        if not self.initial:
+            self.initial = {
+                name: spectrum.negative_vectors(config.significance)
+                for name, spectrum in spectra.items()
+            }
+        return spectra
+
+    def cosine(self) -> float | None:
+        """Cosine between the latest means of X~ (its x block) and X, or None without X~."""
+        if TRAINED not in self.means:
+            return None
+        d = self.config.dim
+        trained, paper = self.means[TRAINED][:d, :d], self.means[PAPER]
+        return float((trained * paper).sum() / (np.linalg.norm(trained) * np.linalg.norm(paper)))
+
+
+def _observed_directions(
+    weight: torch.Tensor, bias: torch.Tensor | None, config: ToyTraining
+) -> dict[str, np.ndarray]:
+    """The collapsed right singular directions (columns) of W, for X, and of W~ = [W | b]
+    with all its d + 1 directions (the null vector of a wide W~ included), for X~."""
+    observed = {}
+    for name, matrix in ((PAPER, weight), (TRAINED, toy_theory.augmented_weight(weight, bias))):
+        squared, vh = toy_theory.right_singular_basis(matrix)
+        observed[name] = vh[collapsed_directions(squared, config)].T
+    return observed
+
+
+def _prediction_row(
+    theory: _Theory, observed: dict[str, np.ndarray], dims: dict[str, int]
+) -> dict[str, float]:
+    """How the negative eigenspaces at initialisation overlap the directions of W (W~)
+    collapsed now, and what random subspaces of the same sizes give."""
+    row = {}
+    for name in theory.matrices():
+        key = "x" if name == PAPER else "trained"
+        initial, collapsed = theory.initial[name], observed[name]
+        row[f"collapsed_{key}_space"] = collapsed.shape[1]
+        row[f"overlap_{key}"] = toy_theory.principal_cos2(initial, collapsed)
+        row[f"chance_{key}"] = toy_theory.chance_cos2(
+            initial.shape[1], collapsed.shape[1], dims[name]
+        )
+    return row
+
+
 @one_cpu_thread()
 def strong_augmentation_run(
     noise: float, config: StrongAugmentationConfig
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict]:
     """Train one linear layer with noise ``noise`` on the last ``noisy_dims`` inputs.
 
-    Returns the embedding spectrum over training (noise, step, index, eigenvalue), the
-    eigenvalues of the theory's matrix for the loss trained over training (same columns;
-    :func:`training_matrix`), predicted against observed collapse at every recording
-    (:func:`collapse_prediction`: noise, step, negative_eigenvalues,
-    collapsed_singular_values, principal_cos2), and a summary: collapse predicted at
-    initialisation and at the end against the collapse observed at the end, how much of W
-    acts on the noisy half of the input (||W[:, noisy]||_F / ||W[:, clean]||_F) and, for the
-    paper's dot-product loss, the cosine between its exact matrix and Eq. 6's X.
+    Returns the embedding spectrum over training (noise, step, index, eigenvalue); the
+    theory's matrices every ``theory_every`` steps (noise, step, matrix, index, eigenvalue,
+    standard_error, noisy_share: held-out estimates, :func:`directclr.toy_theory.held_out_spectrum`);
+    predicted against observed collapse at every recording (noise, step, negative_x and
+    negative_trained at the theory's steps, and for each matrix the size of the collapsed
+    space of W or W~, the overlap of the initial negative eigenspace with it and the overlap
+    random subspaces give); and a summary (:func:`noise_sweep_metrics` says what each entry
+    means).
     """
     generator = torch.Generator().manual_seed(config.seed)
     d, clean = config.dim, config.dim - config.noisy_dims
@@ -484,52 +443,61 @@ def strong_augmentation_run(
     amplitude[clean:] = noise
     probe_generator = _probe_generator(config)
     probe = _probe(config, probe_generator)
+    theory = _Theory(config, amplitude)
+    dims = {PAPER: d, TRAINED: d + (bias is not None)}
+    noisy = slice(clean, d)
 
-    spectra, theory, predictions, losses = [], [], [], []
+    spectra, theory_rows, predictions, losses = [], [], [], []
+    negative, initial = {}, {}
     for step, loss in train([weight], amplitude, config, generator, bias):
         if config.probe_fresh and step > 0:
             probe = _probe(config, probe_generator)
-        probe1, probe2 = two_views(probe, amplitude, probe_generator)
         with torch.no_grad():
             lam = toy_spectrum(embed(probe, [weight], bias), config)
-        matrix = _mean_over_batches(
-            lambda a, b: training_matrix(weight, a, b, config, bias),
-            probe1, probe2, config.batch_size,
-        )  # fmt: skip
         spectra += _spectrum_rows(lam, noise=noise, step=step)
-        theory += _spectrum_rows(np.linalg.eigvalsh(matrix)[::-1], noise=noise, step=step)
-        predictions.append(
-            {"noise": noise, "step": step, **collapse_prediction(matrix, weight, config, bias)}
-        )
+        row = {"noise": noise, "step": step}
+        if step % config.theory_every == 0 or step == config.steps:
+            for name, estimate in theory.estimate(weight, bias).items():
+                key = "x" if name == PAPER else "trained"
+                negative[name] = int(estimate.negative(config.significance).sum())
+                row[f"negative_{key}"] = negative[name]
+                theory_rows += [
+                    {"noise": noise, "step": step, "matrix": name, "index": i + 1,
+                     "eigenvalue": float(value), "standard_error": float(error),
+                     "noisy_share": toy_theory.share_in(estimate.vectors[:, i : i + 1], noisy)}
+                    for i, (value, error) in enumerate(
+                        zip(estimate.values, estimate.standard_errors, strict=True)
+                    )
+                ]  # fmt: skip
+            initial = initial or dict(negative)
+        observed = _observed_directions(weight, bias, config)
+        predictions.append({**row, **_prediction_row(theory, observed, dims)})
         losses.append(loss)
-    spectra, theory = pd.DataFrame(spectra), pd.DataFrame(theory)
     prediction = pd.DataFrame(predictions)
+    last = prediction.iloc[-1]
+    trained = config.loss == "dot_product"
     w = weight.detach()
-    cosine = None
-    if config.loss == "dot_product":
-        exact = _mean_over_batches(
-            lambda a, b: dot_product_theory_matrix(weight, a, b, config.temperature, bias)[:d, :d],
-            probe1, probe2, config.batch_size,
-        )  # fmt: skip
-        eq6 = _mean_over_batches(
-            lambda a, b: theory_matrix(weight, a, b, config.temperature, False, bias),
-            probe1, probe2, config.batch_size,
-        )  # fmt: skip
-        cosine = float((exact * eq6).sum() / (np.linalg.norm(exact) * np.linalg.norm(eq6)))
     summary = {
         "noise": noise,
-        "predicted_collapsed": int(prediction["negative_eigenvalues"].iloc[0]),
+        "predicted_collapsed": initial[PAPER],
+        "predicted_collapsed_trained_loss": initial[TRAINED] if trained else None,
+        "negative_x_noisy_share": toy_theory.share_in(theory.initial[PAPER], noisy),
         "observed_collapsed": observed_collapse(lam, config),
-        "negative_x_eigenvalues_final": int(prediction["negative_eigenvalues"].iloc[-1]),
-        "collapsed_singular_values_final": int(prediction["collapsed_singular_values"].iloc[-1]),
-        "principal_cos2_final": _none_if_nan(prediction["principal_cos2"].iloc[-1]),
-        "cosine_exact_to_eq6_final": cosine,
+        "collapsed_w_final": int(last["collapsed_x_space"]),
+        "collapsed_w_tilde_final": int(last["collapsed_trained_space"]) if trained else None,
+        "overlap_x_final": _none_if_nan(last["overlap_x"]),
+        "chance_x_final": _none_if_nan(last["chance_x"]),
+        "overlap_trained_final": _none_if_nan(last["overlap_trained"]) if trained else None,
+        "chance_trained_final": _none_if_nan(last["chance_trained"]) if trained else None,
+        "negative_x_final": negative[PAPER],
+        "negative_trained_final": negative[TRAINED] if trained else None,
+        "cosine_trained_to_paper_final": theory.cosine(),
         "noisy_to_clean_weight_ratio": float(w[:, clean:].norm() / w[:, :clean].norm()),
         "effective_rank": effective_rank(lam),
         "smallest_to_largest_eigenvalue": float(lam[-1] / lam[0]) if lam[0] > 0 else None,
         "final_loss": losses[-1],
     }
-    return spectra, theory, prediction, summary
+    return pd.DataFrame(spectra), pd.DataFrame(theory_rows), prediction, summary
 
 
 def _none_if_nan(value: float) -> float | None:
@@ -553,41 +521,73 @@ def noise_sweep(
 
 def noise_sweep_metrics(summary: pd.DataFrame, config: StrongAugmentationConfig) -> dict:
     """The noise sweep's metrics file: one record per noise level (:func:`noise_sweep`'s
-    summary), the settings, and what each count means: which matrix predicts collapse, which
-    rule observes it, what the principal angles compare."""
-    matrix = (
-        "the exact matrix X~ of the dot-product loss trained (-dL/dW~ = W~ X~ / (N tau))"
-        if config.loss == "dot_product"
-        else "Eq. 6's X on L2-normalised z (an approximation for the cosine loss trained)"
-    )
+    summary), the settings, and what each entry means."""
     spectrum = "raw z (np.cov)" if config.spectrum == "raw" else "L2-normalised z"
-    return {
-        "runs": json_records(summary),
-        "parameters": config.model_dump(),
-        "theory_matrix": matrix,
-        "predicted_collapsed": f"eigenvalues of {matrix} below -{config.negative_eps} times its "
-        "largest absolute eigenvalue",
+    estimate = (
+        f"estimated on {config.theory_batches} fresh batches of {config.batch_size} pairs: "
+        "eigenvectors of the mean over half of them, each one's Rayleigh quotient averaged "
+        f"over the other half; negative when below -{config.significance:g} standard errors"
+    )
+    meanings = {
+        "x": "Lemma 2's X (the paper's Eq. 1 loss: squared-distance logits with the trained "
+        f"tau={config.temperature:g}, negatives from the same branch); its -dL/dW = W X / tau",
+        "predicted_collapsed": f"significantly negative eigenvalues of X at initialisation, {estimate}",
+        "negative_x_noisy_share": "mean share of those eigenvectors on the noisy inputs "
+        f"(random directions: {config.noisy_dims / config.dim:g})",
         "observed_collapsed": f"eigenvalues of the covariance of {spectrum} on clean inputs, "
         "after training, numerically zero or below the deepest cliff of the log spectrum (a "
         f"drop of >= {config.cliff_decades} decades, steeper than i^-{config.cliff_slope})",
-        "principal_cos2": "mean cos^2 of the principal angles between the predicted "
-        "eigenvectors and W's right singular vectors whose squared singular value collapsed "
-        "by the same rule (NaN/None when either set is empty)",
+        "collapsed_w_final": "squared singular values of W collapsed by the same rule",
+        "overlap_x_final": "mean cos^2 of the principal angles between X's negative "
+        "eigenspace at initialisation and W's collapsed right singular directions at the end "
+        "(None when either is empty); chance_x_final: what random subspaces of those sizes give",
+        "negative_x_final": "significantly negative eigenvalues of X at the end",
     }
+    if config.loss == "dot_product":
+        meanings |= {
+            "x~": "the exact matrix of the loss trained (dot-product logits, other-branch "
+            "negatives, over [x; 1] with a bias): -dL/dW~ = W~ X~ / (N tau)",
+            "predicted_collapsed_trained_loss": "significantly negative eigenvalues of X~ at "
+            "initialisation, estimated the same way",
+            "collapsed_w_tilde_final": "collapsed directions of W~ = [W | b], all d + 1 of "
+            "them (a wide W~'s null vector counts as collapsed)",
+            "overlap_trained_final": "as overlap_x_final, for X~ and W~",
+            "cosine_trained_to_paper_final": "cosine between the means of X~ (its x block) and "
+            "X at the end",
+        }
+    return {"runs": json_records(summary), "parameters": config.model_dump(), **meanings}
+
+
+def prediction_note(config: StrongAugmentationConfig) -> str:
+    """The collapse-prediction figure's small print: which matrices, how negative is
+    decided, how collapse is observed."""
+    trained = "; X~: the exact matrix of the dot-product loss trained" if (
+        config.loss == "dot_product"
+    ) else ""
+    return (
+        f"X: Lemma 2 (squared-distance logits, same-branch negatives, tau {config.temperature:g})"
+        f"{trained}. Negative: held-out estimate below -{config.significance:g} SE over "
+        f"{config.theory_batches} batches of {config.batch_size}. Collapsed: squared singular "
+        "values zero or below the deepest cliff"
+    )
 
 
 def noise_sweep_lines(metrics: dict) -> list[str]:
     """One log line per noise level of :func:`noise_sweep_metrics`: collapse observed
     against predicted, and how much W still reads the noisy inputs."""
     dim = metrics["parameters"]["dim"]
-    return [
-        f"toy_strong_augmentation: noise {run['noise']:.2f} -> collapsed "
-        f"{run['observed_collapsed']:d} of {dim:d} (X predicts {run['predicted_collapsed']:d} "
-        f"at the start, {run['negative_x_eigenvalues_final']:d} at the end; cos^2 "
-        f"{run['principal_cos2_final']}); noisy/clean weight ratio "
-        f"{run['noisy_to_clean_weight_ratio']:.3g}"
-        for run in metrics["runs"]
-    ]
+    lines = []
+    for run in metrics["runs"]:
+        overlap = run["overlap_x_final"]
+        overlap = "n/a" if overlap is None else f"{overlap:.2f} (chance {run['chance_x_final']:.2f})"
+        lines.append(
+            f"toy_strong_augmentation: noise {run['noise']:.2f} -> collapsed "
+            f"{run['observed_collapsed']:d} of {dim:d}; Lemma 2's X predicts "
+            f"{run['predicted_collapsed']:d} at the start, overlap with W's collapsed "
+            f"directions {overlap}; noisy/clean weight ratio "
+            f"{run['noisy_to_clean_weight_ratio']:.3g}"
+        )
+    return lines
 
 
 def initial_weights(
@@ -597,20 +597,24 @@ def initial_weights(
     decay: float,
     generator: torch.Generator,
     basis: str = "gaussian_qr",
+    seed: int = 0,
 ) -> list[torch.Tensor]:
-    """``layers`` matrices U diag(s) V^T, s_k = scale * decay^(k-1), U and V orthogonal:
-    from the QR of two Gaussian matrices (``gaussian_qr``), or the singular vectors of one
-    uniform random matrix (``uniform_svd``, the paper's case_2.py, with scale 1 and decay
-    exp(-0.35))."""
+    """``layers`` matrices U diag(s) V^T, s_k = scale * decay^(k-1), U and V orthogonal,
+    lowest layer first: from the QR of two Gaussian matrices drawn from ``generator``
+    (``gaussian_qr``), or as the paper's case_2.py draws them (``uniform_svd``, with scale 1
+    and decay exp(-0.35)): numpy's legacy stream seeded with ``seed``, one uniform matrix
+    per layer, U and V^T from numpy's SVD of it."""
+    if basis == "uniform_svd":
+        stream = np.random.RandomState(seed)
+        s = scale * decay ** np.arange(dim)
+        weights = []
+        for _ in range(layers):
+            u, _, vh = np.linalg.svd(stream.random_sample((dim, dim)))
+            weights.append(torch.from_numpy(u @ np.diag(s) @ vh).float())
+        return weights
     s = scale * decay ** torch.arange(dim, dtype=torch.float32)
     weights = []
     for _ in range(layers):
-        if basis == "uniform_svd":
-            u, _, vh = torch.linalg.svd(
-                torch.rand(dim, dim, generator=generator, dtype=torch.float64)
-            )
-            weights.append((u @ torch.diag(s.double()) @ vh).float())
-            continue
         u, _ = torch.linalg.qr(torch.randn(dim, dim, generator=generator))
         v, _ = torch.linalg.qr(torch.randn(dim, dim, generator=generator))
         weights.append(u @ torch.diag(s) @ v.T)
@@ -651,8 +655,9 @@ def implicit_regularization_run(
     """
     generator = torch.Generator().manual_seed(config.seed)
     weights = initial_weights(
-        layers, config.dim, config.init_scale, config.init_decay, generator, config.init_basis
-    )
+        layers, config.dim, config.init_scale, config.init_decay, generator, config.init_basis,
+        config.seed,
+    )  # fmt: skip
     amplitude = torch.full((config.dim,), config.noise)
     probe_generator = _probe_generator(config)
     probe = _probe(config, probe_generator)
@@ -756,13 +761,28 @@ def depth_sweep_lines(metrics: dict) -> list[str]:
     ]
 
 
-def final_alignment(alignment: pd.DataFrame) -> dict[str, np.ndarray]:
+def final_alignment(
+    alignment: pd.DataFrame, summary: pd.DataFrame | None = None
+) -> dict[str, np.ndarray]:
     """The alignment matrices |V_{l+1}^T U_l| of the last recorded step, one per depth and
-    pair of adjacent layers, named ``"<layers> layers: |<pair>|"``."""
+    pair of adjacent layers, named ``"<layers> layers: |<pair>|"``; with the depth sweep's
+    ``summary``, the name of each first pair also says where the rows of the collapsed
+    directions peak (and which of them on the diagonal)."""
+    collapsed = {} if summary is None else dict(zip(summary["layers"], summary["collapsed"]))
     last = alignment[alignment["step"] == alignment["step"].max()]
-    return {
-        f"{layers} layers: |{pair}|": run.pivot_table(
-            index="row", columns="column", values="value"
-        ).to_numpy()
-        for (layers, pair), run in last.groupby(["layers", "pair"])
-    }
+    matrices = {}
+    for (layers, pair), run in last.groupby(["layers", "pair"]):
+        matrix = run.pivot_table(index="row", columns="column", values="value").to_numpy()
+        name = f"{layers} layers: |{pair}|"
+        count = int(collapsed.get(layers, 0))
+        if pair == "V2^T U1" and count:
+            rows = np.arange(len(matrix) - count, len(matrix))
+            peaks = matrix[rows].argmax(axis=1)
+            diagonal = [str(row + 1) for row, peak in zip(rows, peaks, strict=True) if row == peak]
+            name += (
+                f"\ncollapsed rows {rows[0] + 1}-{rows[-1] + 1} peak at columns "
+                f"{', '.join(str(peak + 1) for peak in peaks)}\n"
+                f"on the diagonal: {', '.join(diagonal) or 'none'}"
+            )
+        matrices[name] = matrix
+    return matrices

@@ -12,6 +12,7 @@ from directclr.toys import (
     depth_sweep_lines,
     depth_sweep_metrics,
     final_alignment,
+    spectrum_note,
 )
 
 logger = logging.getLogger(__name__)
@@ -31,15 +32,22 @@ def run_depth_sweep(
 
 
 def plot_depth_sweep(
-    spectrum_history: pd.DataFrame, alignment: pd.DataFrame
+    spectrum_history: pd.DataFrame,
+    alignment: pd.DataFrame,
+    summary: pd.DataFrame,
+    params: ImplicitRegularizationConfig,
 ) -> tuple[plt.Figure, plt.Figure, plt.Figure]:
-    """The embedding spectrum over the steps per depth, the final one of each, and the
-    final alignment matrices |V_{l+1}^T U_l| of every deep run."""
+    """The embedding spectrum over the steps per depth, the final one of each (captioned
+    with the settings' spectrum convention), and the final alignment matrices
+    |V_{l+1}^T U_l| of every deep run, titled with which collapsed rows peak where."""
+    note = spectrum_note(params)
     over_steps = spectrum_history_figure(
-        spectrum_history, "linear networks, weak augmentation", time="step", panel="layers"
-    )
+        spectrum_history, "linear networks, weak augmentation", time="step", panel="layers",
+        note=note,
+    )  # fmt: skip
     final = final_spectrum_figure(
-        spectrum_history, "layers", "weak augmentation: final embedding spectrum per depth"
-    )
-    matrices = final_alignment(alignment)
+        spectrum_history, "layers", "weak augmentation: final embedding spectrum per depth",
+        note=note,
+    )  # fmt: skip
+    matrices = final_alignment(alignment, summary)
     return over_steps, final, alignment_figure(matrices, "alignment of adjacent layers (final)")

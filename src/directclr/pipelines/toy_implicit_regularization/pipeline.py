@@ -18,7 +18,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 plot_depth_sweep,
-                inputs=["spectrum_history", "alignment"],
+                inputs=["spectrum_history", "alignment", "summary", f"params:{NAME}"],
                 outputs=["spectrum_history_figure", "final_spectrum_figure", "alignment_figure"],
                 name=PLOT_NODE,
             ),

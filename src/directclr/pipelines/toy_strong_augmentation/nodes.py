@@ -15,6 +15,8 @@ from directclr.toys import (
     noise_sweep,
     noise_sweep_lines,
     noise_sweep_metrics,
+    prediction_note,
+    spectrum_note,
 )
 
 logger = logging.getLogger(__name__)
@@ -34,17 +36,24 @@ def run_noise_sweep(
 
 
 def plot_noise_sweep(
-    spectrum_history: pd.DataFrame, collapse_prediction: pd.DataFrame
+    spectrum_history: pd.DataFrame,
+    collapse_prediction: pd.DataFrame,
+    params: StrongAugmentationConfig,
 ) -> tuple[plt.Figure, plt.Figure, plt.Figure]:
     """The embedding spectrum over the steps per noise level, the final one of each, and
-    predicted against observed collapse over training."""
+    predicted against observed collapse over training, each captioned with its settings'
+    conventions."""
+    note = spectrum_note(params)
     over_steps = spectrum_history_figure(
-        spectrum_history, "one linear layer, noise on half the inputs", time="step", panel="noise"
-    )
+        spectrum_history, "one linear layer, noise on half the inputs", time="step",
+        panel="noise", note=note,
+    )  # fmt: skip
     final = final_spectrum_figure(
-        spectrum_history, "noise", "one linear layer: final embedding spectrum per noise level"
-    )
+        spectrum_history, "noise", "one linear layer: final embedding spectrum per noise level",
+        note=note,
+    )  # fmt: skip
     prediction = collapse_prediction_figure(
-        collapse_prediction, "one linear layer: predicted against observed collapse"
-    )
+        collapse_prediction, "one linear layer: predicted against observed collapse",
+        prediction_note(params),
+    )  # fmt: skip
     return over_steps, final, prediction

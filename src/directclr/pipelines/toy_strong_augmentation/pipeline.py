@@ -24,7 +24,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 plot_noise_sweep,
-                inputs=["spectrum_history", "collapse_prediction"],
+                inputs=["spectrum_history", "collapse_prediction", f"params:{NAME}"],
                 outputs=[
                     "spectrum_history_figure",
                     "final_spectrum_figure",
