@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import textwrap
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -16,7 +18,7 @@ from directclr.analysis import log_spectrum  # noqa: E402
 
 def _finish(fig: plt.Figure, ax: plt.Axes, note: str) -> plt.Figure:
     """Say in small print what the axes show, lay the figure out and detach it from pyplot."""
-    ax.text(0.01, 0.01, note, transform=ax.transAxes, fontsize=7, color="0.4")
+    ax.text(0.01, 0.01, textwrap.fill(note, 90), transform=ax.transAxes, fontsize=7, color="0.4")
     fig.tight_layout()
     plt.close(fig)
     return fig
@@ -200,15 +202,16 @@ def alignment_figure(matrices: dict[str, np.ndarray], title: str) -> plt.Figure:
     """
     sns.set_theme(style="white")
     fig, axes = plt.subplots(
-        1, len(matrices), figsize=(1.5 + 4 * len(matrices), 4), dpi=120, squeeze=False
+        1, len(matrices), figsize=(1.5 + 5 * len(matrices), 5.4), dpi=120, squeeze=False
     )
     for ax, (name, matrix) in zip(axes[0], matrices.items(), strict=True):
         ticks = np.arange(1, matrix.shape[0] + 1)
         sns.heatmap(matrix, ax=ax, cmap="magma", vmin=0, vmax=1, square=True,
                     xticklabels=ticks, yticklabels=ticks)  # fmt: skip
+        ax.tick_params(labelsize=7)
         ax.set_title(name, fontsize=9)
-        ax.set_xlabel("left singular vector of the lower layer")
-        ax.set_ylabel("right singular vector of the upper layer")
+        ax.set_xlabel("left singular vector of the lower layer", fontsize=9)
+        ax.set_ylabel("right singular vector of the upper layer", fontsize=9)
     fig.suptitle(title)
     fig.tight_layout()
     plt.close(fig)
@@ -259,15 +262,18 @@ def collapse_prediction_figure(prediction: pd.DataFrame, title: str, note: str) 
         sns.lineplot(data=frame, x="step", y=f"overlap_{key}", hue="noise", ax=ax, legend=False)
         sns.lineplot(data=frame, x="step", y=f"chance_{key}", hue="noise", ax=ax, legend=False,
                      linestyle=":")  # fmt: skip
-        ax.set_title(f"overlap: {name}'s initial negative eigenspace\nwith {weight}'s collapsed "
-                     "directions (dotted: chance)", fontsize=9)  # fmt: skip
-        ax.set_ylabel("mean cos² of principal angles")
+        ax.set_title(f"overlap: {name}'s initial negative eigenspace\nand {weight}'s collapsed "
+                     "directions", fontsize=8)  # fmt: skip
+        ax.set_ylabel("mean cos² of principal angles (dotted: chance)", fontsize=8)
         ax.set_ylim(-0.05, 1.05)
-    if axes[0].get_legend() is not None:
-        sns.move_legend(axes[0], "best", fontsize=7, title_fontsize=8)
+    legend = axes[0].get_legend()
+    if legend is not None:  # beside the panels, not over the first one's lines
+        handles, labels = axes[0].get_legend_handles_labels()
+        legend.remove()
+        fig.legend(handles, labels, loc="center right", fontsize=7)
     fig.suptitle(title)
-    fig.text(0.01, 0.01, note, fontsize=7, color="0.4")
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    fig.text(0.01, 0.01, textwrap.fill(note, 180), fontsize=7, color="0.4")
+    fig.tight_layout(rect=(0, 0.07, 0.92, 1))
     plt.close(fig)
     return fig
 
