@@ -30,7 +30,7 @@ def _pairs(seed: int, n: int = 6, d: int = 3, noise: float = 0.4):
 @pytest.mark.parametrize("tau", [1.0, 0.3])
 def test_lemma_2s_x_is_the_papers_sum_over_pairs(tau):
     """X = sum_i [sum_{j != i} alpha_ij (x_i - x_j)(x_i - x_j)^T
-                  - (1 - alpha_ii)(x'_i - x_i)(x'_i - x_i)^T], written out entry by entry."""
+    - (1 - alpha_ii)(x'_i - x_i)(x'_i - x_i)^T], written out entry by entry."""
     weight, x, x_prime = _pairs(0)
     n, d = x.shape
     z, z_prime = x @ weight.T, x_prime @ weight.T
@@ -58,8 +58,10 @@ def test_lemma_2s_x_is_exactly_the_gradient_of_the_papers_loss_and_ignores_a_bia
     weight.requires_grad_(True)
     z, z_prime = x @ weight.T + bias, x_prime @ weight.T + bias
     logits = -(torch.cdist(z, z) ** 2) / (2 * tau)
-    logits = logits - torch.diag(logits.diagonal()) + torch.diag(
-        -((z - z_prime) ** 2).sum(1) / (2 * tau)
+    logits = (
+        logits
+        - torch.diag(logits.diagonal())
+        + torch.diag(-((z - z_prime) ** 2).sum(1) / (2 * tau))
     )
     torch.nn.functional.cross_entropy(logits, torch.arange(9), reduction="sum").backward()
     matrix = paper_matrix(weight, x, x_prime, tau)

@@ -272,7 +272,7 @@ def collapse_prediction_figure(prediction: pd.DataFrame, title: str, note: str) 
         legend.remove()
         fig.legend(handles, labels, loc="center right", fontsize=7)
     fig.suptitle(title)
-    fig.text(0.01, 0.01, textwrap.fill(note, 180), fontsize=7, color="0.4")
+    fig.text(0.01, 0.01, textwrap.fill(note, int(fig.get_figwidth() * 13)), fontsize=7, color="0.4")
     fig.tight_layout(rect=(0, 0.07, 0.92, 1))
     plt.close(fig)
     return fig

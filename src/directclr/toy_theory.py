@@ -130,9 +130,7 @@ def held_out_spectrum(matrices: torch.Tensor) -> HeldOutSpectrum:
     values = quotients.mean(0)
     order = torch.argsort(values)
     errors = quotients.std(0) / len(measured) ** 0.5
-    return HeldOutSpectrum(
-        values[order].numpy(), errors[order].numpy(), vectors[:, order].numpy()
-    )
+    return HeldOutSpectrum(values[order].numpy(), errors[order].numpy(), vectors[:, order].numpy())
 
 
 def principal_cos2(first: np.ndarray, second: np.ndarray) -> float:

@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from directclr import toy_theory
 from directclr.analysis import (
     NumericalError,
     Spectrum,
@@ -47,7 +48,6 @@ from directclr.analysis import (
     covariance_spectrum,
     effective_rank,
 )
-from directclr import toy_theory
 from directclr.losses import info_nce
 from directclr.threads import one_cpu_thread
 
@@ -429,7 +429,8 @@ def strong_augmentation_run(
 
     Returns the embedding spectrum over training (noise, step, index, eigenvalue); the
     theory's matrices every ``theory_every`` steps (noise, step, matrix, index, eigenvalue,
-    standard_error, noisy_share: held-out estimates, :func:`directclr.toy_theory.held_out_spectrum`);
+    standard_error, noisy_share: held-out estimates,
+    :func:`directclr.toy_theory.held_out_spectrum`);
     predicted against observed collapse at every recording (noise, step, negative_x and
     negative_trained at the theory's steps, and for each matrix the size of the collapsed
     space of W or W~, the overlap of the initial negative eigenspace with it and the overlap
@@ -531,7 +532,8 @@ def noise_sweep_metrics(summary: pd.DataFrame, config: StrongAugmentationConfig)
     meanings = {
         "x": "Lemma 2's X (the paper's Eq. 1 loss: squared-distance logits with the trained "
         f"tau={config.temperature:g}, negatives from the same branch); its -dL/dW = W X / tau",
-        "predicted_collapsed": f"significantly negative eigenvalues of X at initialisation, {estimate}",
+        "predicted_collapsed": "significantly negative eigenvalues of X at initialisation, "
+        + estimate,
         "negative_x_noisy_share": "mean share of those eigenvectors on the noisy inputs "
         f"(random directions: {config.noisy_dims / config.dim:g})",
         "observed_collapsed": f"eigenvalues of the covariance of {spectrum} on clean inputs, "
@@ -561,9 +563,11 @@ def noise_sweep_metrics(summary: pd.DataFrame, config: StrongAugmentationConfig)
 def prediction_note(config: StrongAugmentationConfig) -> str:
     """The collapse-prediction figure's small print: which matrices, how negative is
     decided, how collapse is observed."""
-    trained = "; X~: the exact matrix of the dot-product loss trained" if (
-        config.loss == "dot_product"
-    ) else ""
+    trained = (
+        "; X~: the exact matrix of the dot-product loss trained"
+        if (config.loss == "dot_product")
+        else ""
+    )
     return (
         f"X: Lemma 2 (squared-distance logits, same-branch negatives, tau {config.temperature:g})"
         f"{trained}. Negative: held-out estimate below -{config.significance:g} SE over "
@@ -579,7 +583,9 @@ def noise_sweep_lines(metrics: dict) -> list[str]:
     lines = []
     for run in metrics["runs"]:
         overlap = run["overlap_x_final"]
-        overlap = "n/a" if overlap is None else f"{overlap:.2f} (chance {run['chance_x_final']:.2f})"
+        overlap = (
+            "n/a" if overlap is None else f"{overlap:.2f} (chance {run['chance_x_final']:.2f})"
+        )
         lines.append(
             f"toy_strong_augmentation: noise {run['noise']:.2f} -> collapsed "
             f"{run['observed_collapsed']:d} of {dim:d}; Lemma 2's X predicts "
@@ -768,7 +774,9 @@ def final_alignment(
     pair of adjacent layers, named ``"<layers> layers: |<pair>|"``; with the depth sweep's
     ``summary``, the name of each first pair also says where the rows of the collapsed
     directions peak (and which of them on the diagonal)."""
-    collapsed = {} if summary is None else dict(zip(summary["layers"], summary["collapsed"]))
+    collapsed = (
+        {} if summary is None else dict(zip(summary["layers"], summary["collapsed"], strict=True))
+    )
     last = alignment[alignment["step"] == alignment["step"].max()]
     matrices = {}
     for (layers, pair), run in last.groupby(["layers", "pair"]):
