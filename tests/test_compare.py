@@ -78,6 +78,7 @@ def test_compare_runs_every_method_over_seeds_with_the_untrained_control(
     per_seed = _latest(project, "per_seed_table.csv")
     parent, children = _tracked_runs(tracked, project)
     _check_children_reproduce_the_table(tracked, parent, children, per_seed)
+    assert parent.info.run_name == "compare seeds 0, 1"
     assert per_seed["run"].tolist() == [run for run in RUNS for _ in (0, 1)]
     assert per_seed["seed"].tolist() == [0, 1] * len(RUNS)
     assert per_seed["spectrum_split"].eq("train").all()
@@ -171,6 +172,7 @@ def _check_children_reproduce_the_table(client, parent, children, per_seed) -> N
     for space, (_, row) in zip(spaces, per_seed.iterrows(), strict=True):
         child = by_space[space]
         assert child.info.status == "FINISHED"
+        assert child.info.run_name == space.split(".", 1)[1].replace(".seed_", " seed ")
         for column in ("linear_probe_top1_r", "effective_rank_r", "knn_top1_r", "nesum_r"):
             assert child.data.metrics[column] == pytest.approx(row[column]), (space, column)
         assert child.data.params["pretraining.seed"] == str(row["seed"])

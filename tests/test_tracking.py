@@ -10,7 +10,7 @@ import pytest
 from mlflow.entities import RunStatus
 
 from directclr.framework.environment import TRACKING_SWITCH, tracking_enabled
-from directclr.framework.tracking import default_store, recorded_sections
+from directclr.framework.tracking import default_store, parent_run_name, recorded_sections
 from directclr.pipeline_registry import is_node, model_namespace
 from directclr.tracking import (
     CHECKPOINT_TAG,
@@ -18,8 +18,10 @@ from directclr.tracking import (
     PARENT_TAG,
     PREVIOUS_PARENTS_TAG,
     RunRecorder,
+    final_metrics,
     flatten,
     metric_name,
+    run_name,
 )
 from tests.conftest import REPO
 from tests.test_run import load_json, run, versions
@@ -83,6 +85,42 @@ def test_names_and_flattening():
     assert metric_name("spectrum.r[:d0]_train.nesum") == "spectrum.r_head_train.nesum"
     assert metric_name("r[d0:] top-1 (x)") == "r_tail top-1 _x_"
     assert flatten({"a": {"b": 1, "c": [1, 2]}, "d": "x"}) == {"a.b": 1, "a.c": [1, 2], "d": "x"}
+
+
+def test_runs_are_named_for_what_they_are():
+    assert run_name("compare.simclr_linear.seed_1") == "simclr_linear seed 1"
+    assert run_name("d0_sweep.directclr_d0_32.seed_0") == "directclr_d0_32 seed 0"
+    assert run_name("directclr") == "directclr"
+
+    class Catalog:
+        def exists(self, name):
+            return name == "params:compare"
+
+        def load(self, name):
+            return {"seeds": [0, 1, 2], "simclr": {}}
+
+    assert parent_run_name({"pipeline_names": ["compare"]}, Catalog()) == "compare seeds 0, 1, 2"
+    assert parent_run_name({"pipeline_names": ["directclr"]}, Catalog()) == "directclr"
+    assert parent_run_name({"pipeline_names": None}, Catalog()) == "__default__"
+
+
+def test_final_numbers_are_metrics_and_how_they_were_measured_are_params():
+    row = {"run": "simclr", "seed": 0, "method": "simclr", "d0": None, "dims_r": 512,
+           "linear_probe_top1_r": 0.9, "rankme_r": 70.0, "spectrum_split": "train"}  # fmt: skip
+    spectrum = {"split": "train", "cliff_decades": 1.0, "lidar_augmentation": {"crop": 0.5},
+                "r_train": {"effective_rank": 100.0, "dimensions": 512, "top_k": 10,
+                            "variance_share_top_k": 0.7, "power_law_ranks": [1, 512]}}  # fmt: skip
+    metrics, params = final_metrics(row, spectrum)
+    assert metrics == {"accuracy/linear_r": 0.9, "collapse/rankme_r": 70.0,
+                       "linear_probe_top1_r": 0.9, "rankme_r": 70.0,
+                       "spectrum.r_train.effective_rank": 100.0,
+                       "spectrum.r_train.variance_share_top_k": 0.7}  # fmt: skip
+    assert sorted(metrics)[:2] == ["accuracy/linear_r", "collapse/rankme_r"]  # sort first
+    assert params == {"run": "simclr", "seed": 0, "method": "simclr", "dims_r": 512,
+                      "spectrum_split": "train", "spectrum.r_train.dimensions": 512,
+                      "spectrum.r_train.top_k": 10, "spectrum.r_train.power_law_ranks": [1, 512],
+                      "spectrum.split": "train", "spectrum.cliff_decades": 1.0,
+                      "spectrum.lidar_augmentation.crop": 0.5}  # fmt: skip
 
 
 def test_a_model_run_records_the_sections_its_stages_read():
@@ -162,6 +200,9 @@ def test_a_run_is_a_parent_with_one_child_per_model(project, tracked):
     )  # fmt: skip
     parent = next(r for r in parents if PARENT_TAG not in r.data.tags)
     assert parent.info.status == "FINISHED"
+    assert parent.info.run_name == "directclr"
+    kind = tracked.get_experiment(experiment).tags.get("mlflow.experimentKind")
+    assert kind == "custom_model_development"  # opens on its runs, not as a GenAI app
     assert parent.data.tags["directclr.dataset_content_hash"] == card["content_hash"]
     children = tracked.search_runs([experiment], f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'")
     assert [c.data.tags[NAMESPACE_TAG] for c in children] == ["directclr"]
@@ -192,6 +233,15 @@ def test_a_run_is_a_parent_with_one_child_per_model(project, tracked):
     assert metrics["spectrum.r_head_train.nesum"] == pytest.approx(
         spectrum["r[:d0]_train"]["nesum"]
     )
+    assert metrics["accuracy/linear_r"] == metrics["linear_probe_top1_r"]
+    assert sorted(metrics)[0].startswith("accuracy/")  # the headline sorts first
+    settings = {"spectrum.cliff_decades", "spectrum.top_k", "spectrum.lidar_seed", "d0",
+                "spectrum.r_train.dimensions", "spectrum.r_train.top_k"}  # fmt: skip
+    assert not settings & set(metrics)  # settings are parameters
+    assert child.data.params["spectrum.r_train.dimensions"] == str(
+        spectrum["r_train"]["dimensions"]
+    )
+    assert child.info.run_name == "directclr"
     artifacts = {a.path for a in tracked.list_artifacts(child.info.run_id)}
     assert {"spectrum.png", "training_history.png", "confusion_matrix.png"} <= artifacts
     assert child.data.tags["directclr.dataset_content_hash"] == card["content_hash"]

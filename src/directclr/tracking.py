@@ -2,11 +2,12 @@
 history as metric histories logged while it trains.
 
 The layout (see the README's "Tracking" section): every ``kedro run`` is one MLflow run (the
-*parent*, started by kedro-mlflow); every model it trains or measures (a Kedro namespace:
-``directclr``, ``compare.simclr.seed_0``, ...) is a *child* run of it, tagged
-``mlflow.parentRunId``, so MLflow's "compare runs" view puts the models of a comparison side
-by side. A model whose training resumes from a checkpoint continues the MLflow run that
-training started (found by the checkpoint's key), and that run moves under the new parent.
+*parent*, started by kedro-mlflow, named for its pipeline and a comparison's seeds); every
+model it trains or measures (a Kedro namespace: ``directclr``, ``compare.simclr.seed_0``,
+...) is a *child* run of it (named ``simclr seed 0``), tagged :data:`PARENT_TAG`, so the
+runs table lists the models of a comparison side by side, with their headline metrics.
+A model whose training resumes from a checkpoint continues the MLflow run that training
+started (found by the checkpoint's key), and that run moves under the new parent.
 
 Nothing here imports Kedro: :class:`RunRecorder` holds only strings, so it travels to the
 processes that ``devices: N`` starts, where rank 0 logs.
@@ -19,15 +20,73 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from directclr.comparison import split_seed_namespace
 from directclr.projectors import HEAD, TAIL
 
 NAMESPACE_TAG = "directclr.namespace"
 CHECKPOINT_TAG = "directclr.checkpoint_key"
-PARENT_TAG = "mlflow.parentRunId"
+# A model's run names the ``kedro run`` it belongs to in a tag of the project's own, not in
+# MLflow's ``mlflow.parentRunId``: MLflow's UI folds nested runs under their parent, so a
+# comparison's models would stay out of the runs table and the charts until every parent
+# is expanded by hand. Each model is a top-level run; the table groups them by this tag.
+PARENT_TAG = "directclr.parent_run"
 PREVIOUS_PARENTS_TAG = "directclr.previous_parent_runs"
 HISTORY = "history"  # the prefix of the training history's metrics
 # Characters MLflow refuses in metric and param names, as this project's names use them.
 NAME_REPLACEMENTS = {HEAD: "r_head", TAIL: "r_tail"}
+
+
+# The numbers a reader looks for first, under short names that sort before every other
+# metric (MLflow orders metric columns and charts by name): accuracy, then collapse. Values
+# are the comparison tables' columns of the same run.
+HEADLINE = {
+    "accuracy/linear_r": "linear_probe_top1_r",
+    "accuracy/linear_z": "linear_probe_top1_z",
+    "accuracy/knn_r": "knn_top1_r",
+    "accuracy/raw_pixels": "linear_probe_top1_raw_pixels",
+    "collapse/collapsed_dims_r": "collapsed_dims_r",
+    "collapse/collapsed_dims_z": "collapsed_dims_z",
+    "collapse/effective_rank_r": "effective_rank_r",
+    "collapse/effective_rank_z": "effective_rank_z",
+    "collapse/rankme_r": "rankme_r",
+    "collapse/rankme_z": "rankme_z",
+    "collapse/lidar_r": "lidar_r",
+    "collapse/lidar_z": "lidar_z",
+}
+# Columns of a comparison row that describe the run rather than measure it: parameters.
+ROW_SETTINGS = ("d0", "dims_r", "dims_z", "spectrum_split", "method", "run", "seed")
+# Entries of a vectors' spectrum metrics that say what was measured, not what came out.
+SPECTRUM_SETTINGS = ("dimensions", "samples", "max_rank", "top_k", "normalised_std_uniform",
+                     "power_law_ranks")  # fmt: skip
+
+
+def run_name(namespace: str) -> str:
+    """What a model's MLflow run is called: ``simclr seed 1`` for ``compare.simclr.seed_1``
+    (the comparison is its parent's name), the namespace itself for a run of no seed."""
+    found = split_seed_namespace(namespace)
+    if found is None:
+        return namespace
+    head, seed = found
+    return f"{head.partition('.')[2] or head} seed {seed}"
+
+
+def final_metrics(row: dict[str, Any], spectrum: dict[str, Any]) -> tuple[dict, dict]:
+    """A model's final numbers split into MLflow metrics and parameters: the headline
+    (:data:`HEADLINE`), the comparison row's measurements under the per-seed table's names,
+    and every spectrum measurement of every vectors entry (``spectrum.r_train.nesum``) are
+    metrics; what the row and the spectrum record about how they measured (d0, dimensions,
+    thresholds, LiDAR's settings) are parameters."""
+    metrics = {name: row.get(column) for name, column in HEADLINE.items()}
+    metrics |= {key: value for key, value in row.items() if key not in ROW_SETTINGS}
+    params = {key: row[key] for key in ROW_SETTINGS if row.get(key) is not None}
+    for key, value in spectrum.items():
+        if isinstance(value, dict) and "effective_rank" in value:  # one vectors' spectrum
+            for measure, number in value.items():
+                target = params if measure in SPECTRUM_SETTINGS else metrics
+                target[f"spectrum.{key}.{measure}"] = number
+        else:
+            params |= flatten(value, f"spectrum.{key}")
+    return numeric(metrics), params
 
 
 def metric_name(name: str) -> str:
@@ -81,11 +140,18 @@ def log_metrics(tracking_uri: str, run_id: str, metrics: dict[str, float], step:
 
 
 def log_params(tracking_uri: str, run_id: str, params: dict[str, Any]) -> None:
-    """Log ``params`` (values as text, cut to MLflow's 6000-character limit)."""
+    """Log ``params`` (values as text, cut to MLflow's 6000-character limit). A param the
+    run already has is left as it is (MLflow refuses to change one: a resumed run keeps
+    the values it started with)."""
     from mlflow.entities import Param
 
-    batch = [Param(metric_name(k), str(v)[:6000]) for k, v in params.items()]
     client = _client(tracking_uri)
+    logged = client.get_run(run_id).data.params
+    batch = [
+        Param(metric_name(k), str(v)[:6000])
+        for k, v in params.items()
+        if metric_name(k) not in logged
+    ]
     for start in range(0, len(batch), 100):  # MLflow's limit per request
         client.log_batch(run_id, params=batch[start : start + 100])
 
@@ -120,7 +186,7 @@ def create_child(
     client = _client(tracking_uri)
     run = client.create_run(
         experiment_id,
-        run_name=namespace,
+        run_name=run_name(namespace),
         tags={PARENT_TAG: parent, NAMESPACE_TAG: namespace, **tags},
     )
     log_params(tracking_uri, run.info.run_id, params)
@@ -155,7 +221,7 @@ class RunRecorder:
                 self.run_id = previous.info.run_id
                 parents = previous.data.tags.get(PREVIOUS_PARENTS_TAG, "")
                 old_parent = previous.data.tags.get(PARENT_TAG, "")
-                client.update_run(self.run_id, status="RUNNING")
+                client.update_run(self.run_id, status="RUNNING", name=run_name(self.namespace))
                 client.set_tag(self.run_id, PARENT_TAG, self.parent_run_id)
                 client.set_tag(self.run_id, NAMESPACE_TAG, self.namespace)
                 earlier = ",".join(p for p in (parents, old_parent) if p)

@@ -15,6 +15,7 @@ rich traceback would bury it under some 160 lines.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import warnings
@@ -37,11 +38,48 @@ ON = ("1", "on", "true", "yes")
 
 
 def quiet() -> None:
-    """Switch off every library's usage telemetry for this process and its children, and
-    MLflow's import-time advice about model signatures (kedro-mlflow's pipeline model; this
-    project logs no MLflow models)."""
+    """Switch off every library's usage telemetry for this process and its children, keep
+    MLflow's advice about model signatures out of every command
+    (:func:`_define_kedro_mlflows_model_quietly`), and log for a terminal only where there is
+    one (:func:`rich_logs_in_a_terminal`)."""
     os.environ.update(TELEMETRY_OFF)
-    warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")
+    _define_kedro_mlflows_model_quietly()
+    rich_logs_in_a_terminal()
+
+
+def _define_kedro_mlflows_model_quietly() -> None:
+    """Import kedro-mlflow's pipeline model once, its class definition's warning muted.
+
+    MLflow warns "Add type hints to the `predict` method" when any ``PythonModel`` subclass
+    is defined; kedro-mlflow defines one (``KedroPipelineModel``) on import, so every Kedro
+    command would start with the warning. It concerns a model this project never logs.
+    MLflow issues it inside its own ``catch_warnings`` block that shows each UserWarning once,
+    which outranks any filter set here; so the one import is made with the warnings display
+    switched off, and every later warning is shown as usual."""
+    if "kedro_mlflow.mlflow.kedro_pipeline_model" in sys.modules:
+        return
+    with warnings.catch_warnings():
+        warnings.showwarning = lambda *args, **kwargs: None
+        with contextlib.suppress(ImportError):  # without kedro-mlflow: nothing to quieten
+            import kedro_mlflow.mlflow.kedro_pipeline_model  # noqa: F401
+
+
+def rich_logs_in_a_terminal() -> None:
+    """The project's ``conf/logging.yml`` logs one plain line per record, right for a log
+    file or a pipe (Kedro's rich layout wraps at 80 columns there and splits dataset names
+    across lines). In a terminal, switch to Kedro's rich layout. A logging configuration of
+    the user's own (``KEDRO_LOGGING_CONFIG``) is left alone, as are notebooks."""
+    if os.environ.get("KEDRO_LOGGING_CONFIG") or not sys.stdout.isatty():
+        return
+    if "ipykernel" in sys.modules:
+        return
+    from pathlib import Path
+
+    import yaml
+    from kedro.framework import project
+
+    rich = Path(project.__file__).parent / "rich_logging.yml"
+    project.LOGGING.configure(yaml.safe_load(rich.read_text(encoding="utf-8")))
 
 
 def tracking_enabled() -> bool:

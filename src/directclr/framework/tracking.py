@@ -42,6 +42,7 @@ from kedro.io.core import (
 )
 from kedro_mlflow.framework.hooks import MlflowHook
 from kedro_mlflow.io.artifacts import MlflowArtifactDataset
+from omegaconf import OmegaConf
 
 from directclr.comparison import PAPER_COLUMN, comparison_row
 from directclr.errors import CorruptFileError
@@ -53,14 +54,38 @@ from directclr.tracking import (
     NAMESPACE_TAG,
     RunRecorder,
     create_child,
+    final_metrics,
     find_child,
     flatten,
     log_metrics,
+    log_params,
 )
 
 logger = logging.getLogger(__name__)
 
 STORE_FILE = "mlflow.db"
+EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+# mlflow.yml names the artifact folder as ${project_uri:mlartifacts}: a file URI inside the
+# project, made absolute here (kedro-mlflow would otherwise convert the relative path itself,
+# logging that a relative "tracking_uri" was converted, which it is not).
+PROJECT_URI_RESOLVER = "project_uri"
+
+
+def parent_run_name(run_params: dict, catalog) -> str:
+    """A ``kedro run``'s MLflow name: its pipelines, and for a comparison its seeds
+    (``compare seeds 0, 1, 2``)."""
+    from directclr.pipeline_registry import COMPARISONS
+
+    names = run_params.get("pipeline_names") or [run_params.get("pipeline_name") or "__default__"]
+    if isinstance(names, str):
+        names = [names]
+    parts = []
+    for name in names:
+        seeds = None
+        if name in COMPARISONS and catalog.exists(f"params:{name}"):
+            seeds = (catalog.load(f"params:{name}") or {}).get("seeds")
+        parts.append(f"{name} seeds {', '.join(map(str, seeds))}" if seeds else name)
+    return " + ".join(parts)
 
 
 def default_store(project_path: str | os.PathLike) -> str:
@@ -110,6 +135,10 @@ class ProjectMlflowHook(MlflowHook):
 
     @hook_impl
     def after_context_created(self, context) -> None:
+        project = Path(context.project_path)
+        OmegaConf.register_new_resolver(
+            PROJECT_URI_RESOLVER, lambda path: (project / path).resolve().as_uri(), replace=True
+        )
         self.enabled = tracking_enabled()
         self.run_id = None
         if not self.enabled:
@@ -340,6 +369,10 @@ class TrackRuns:
             )
         for name, value in self._tags.items():
             client.set_tag(self._parent, name, value)
+        # MLflow 3's UI opens an experiment without this tag as a GenAI one (traces,
+        # latency, tokens); these are model-training runs.
+        client.set_experiment_tag(self._experiment, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
+        client.update_run(self._parent, name=parent_run_name(run_params, catalog))
 
     @hook_impl
     def before_node_run(self, node, catalog, inputs: dict[str, Any]) -> dict | None:
@@ -389,10 +422,11 @@ class TrackRuns:
             spectrum = inputs[f"{space}.spectrum_metrics"]
             row = comparison_row(space, linear_eval, spectrum, pd.DataFrame())
             row.pop(PAPER_COLUMN)  # the paper's figure, not a measurement of this run
-            # The per-seed table's names (MLflow's compare view is the table), and every
-            # spectrum metric of every vectors entry (spectrum.r_train.nesum, ...).
-            metrics = {**row, **flatten(spectrum, "spectrum")}
+            # The headline first, the per-seed table's names, every spectrum measurement;
+            # how they were measured as parameters.
+            metrics, params = final_metrics(row, spectrum)
             log_metrics(self._uri, self._children[space], metrics)
+            log_params(self._uri, self._children[space], params)
             # The model's last stage: its run ends now, so its duration is its own.
             self._client().set_terminated(self._children.pop(space), "FINISHED")
 
