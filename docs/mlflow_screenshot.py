@@ -28,6 +28,15 @@ import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+# The columns the runs-table screenshot shows: the headline metrics a reader looks for first.
+HEADLINE_COLUMNS = (
+    "accuracy/linear_r",
+    "accuracy/knn_r",
+    "accuracy/raw_pixels",
+    "collapse/effective_rank_r",
+    "collapse/rankme_r",
+    "collapse/collapsed_dims_z",
+)
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
 
 
@@ -37,9 +46,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def comparison_runs(store: str, comparison: str, seed: int) -> tuple[str, list[str]]:
-    """The experiment id and the child runs with ``seed`` of the newest tracked run of
-    ``comparison`` that trained that seed."""
+def comparison_runs(store: str, comparison: str, seed: int) -> tuple[str, str, list[str]]:
+    """The experiment id, the parent and the child runs with ``seed`` of the newest tracked
+    run of ``comparison`` that trained that seed."""
     from mlflow.tracking import MlflowClient
 
     from directclr.tracking import NAMESPACE_TAG, PARENT_TAG
@@ -66,7 +75,7 @@ def comparison_runs(store: str, comparison: str, seed: int) -> tuple[str, list[s
         ]  # fmt: skip
         if len(children) > 1:
             children.sort(key=lambda run: run.info.start_time)  # the comparison's order
-            return experiment.experiment_id, [run.info.run_id for run in children]
+            return experiment.experiment_id, parent.info.run_id, [r.info.run_id for r in children]
     sys.exit(f"no tracked {comparison} with seed {seed} in {store}: run kedro run "
              f"--pipeline={comparison}")  # fmt: skip
 
@@ -107,6 +116,52 @@ def shoot(browser: str, url: str, out: Path, width: int, height: int) -> None:
         chromium.close()
 
 
+def close_assistant(page) -> None:
+    """Close MLflow's assistant side panel, if the UI opened it, and let the page settle."""
+    page.wait_for_timeout(1500)
+    close = page.get_by_role("button", name="Close")
+    if close.count():
+        close.first.click()
+    page.wait_for_timeout(1000)
+
+
+def shoot_runs(browser: str, base: str, experiment: str, parent: str, folder: Path) -> None:
+    """The experiment as a user first meets it: the landing page, the runs table with the
+    headline metric columns shown, and the chart view, limited to one comparison's runs."""
+    from playwright.sync_api import sync_playwright
+
+    from directclr.tracking import PARENT_TAG
+
+    # MLflow 3.17's UI starts every browser in its GenAI mode; this parameter (or its "Model
+    # training" switch, which the browser then remembers) shows the experiment as runs.
+    mode = "workflowType=machine_learning"
+    search = urllib.parse.urlencode({"searchFilter": f"tags.`{PARENT_TAG}` = '{parent}'"})
+    with sync_playwright() as play:
+        chromium = play.chromium.launch(executable_path=browser, args=["--no-sandbox"])
+        page = chromium.new_page(viewport={"width": 1500, "height": 900})
+        page.goto(f"{base}/#/experiments/{experiment}?{mode}")
+        page.get_by_text(" seed ", exact=False).first.wait_for(timeout=60_000)
+        close_assistant(page)
+        page.screenshot(path=str(folder / "mlflow_landing.png"))
+        page.goto(f"{base}/#/experiments/{experiment}/runs?{mode}&{search}")
+        page.get_by_text(" seed ", exact=False).first.wait_for(timeout=60_000)
+        close_assistant(page)
+        page.get_by_role("button", name="Columns").first.click()
+        page.wait_for_timeout(500)
+        for name in HEADLINE_COLUMNS:
+            page.get_by_text(name, exact=True).first.click()
+        page.keyboard.press("Escape")
+        page.set_viewport_size({"width": 2300, "height": 900})  # room for the metric columns
+        page.wait_for_timeout(1500)
+        page.screenshot(path=str(folder / "mlflow_runs_table.png"))
+        page.set_viewport_size({"width": 1500, "height": 900})
+        page.goto(f"{base}/#/experiments/{experiment}/runs?{mode}&{search}&compareRunsMode=CHART")
+        page.get_by_text("accuracy/linear_r").first.wait_for(timeout=60_000)
+        page.wait_for_timeout(3000)
+        page.screenshot(path=str(folder / "mlflow_charts.png"))
+        chromium.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--store", default=f"sqlite:///{REPO / 'mlflow.db'}")
@@ -119,7 +174,7 @@ def main() -> None:
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:
         sys.exit("needs Debian's chromium: apt-get install chromium")
-    experiment, runs = comparison_runs(args.store, args.comparison, args.seed)
+    experiment, parent, runs = comparison_runs(args.store, args.comparison, args.seed)
     port = free_port()
     mlflow = Path(sys.executable).with_name("mlflow")
     server = subprocess.Popen(
@@ -135,6 +190,7 @@ def main() -> None:
         )
         url = f"{base}/#/compare-runs?{query}"
         shoot(browser, url, Path(args.out), args.width, args.height)
+        shoot_runs(browser, base, experiment, parent, Path(args.out).parent)
     finally:
         server.terminate()
         server.wait(timeout=30)

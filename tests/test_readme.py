@@ -231,6 +231,15 @@ def _serves(command: str, checkout: Path, env: dict[str, str]) -> None:
         process.wait(timeout=30)
 
 
+def _check_the_log(log: str) -> None:
+    """Piped, a run logs one line per record (nothing cut at 80 columns), without advice
+    about things the project does not do, or messages that are not true."""
+    saving = [line for line in log.splitlines() if "Saving data to" in line]
+    assert saving and all(line.endswith("(kedro.io.data_catalog)") for line in saving)
+    assert "Add type hints to the `predict` method" not in log
+    assert "'tracking_uri' key in mlflow.yml is relative" not in log
+
+
 @pytest.mark.slow
 def test_the_readme_commands_run_as_written_in_a_fresh_checkout(tmp_path):
     checkout = fresh_checkout(tmp_path / "directclr")
@@ -249,6 +258,8 @@ def test_the_readme_commands_run_as_written_in_a_fresh_checkout(tmp_path):
             done = subprocess.run(["bash", "-c", command], cwd=checkout, env=env,
                                   capture_output=True, text=True, timeout=600)  # fmt: skip
             assert done.returncode == 0, f"{command}\n{(done.stdout + done.stderr)[-4000:]}"
+            if command.startswith("kedro run"):
+                _check_the_log(done.stdout + done.stderr)
         ran.append(command)
     assert sys.executable  # the tests' interpreter is the README's .venv's
     assert len(ran) >= 6, ran

@@ -94,7 +94,7 @@ class CheckRunBeforeWork:
             name = f"params:{run}.pretraining"
             if name in catalog:
                 catalog.save(name, settings)
-            else:  # a comparison's seed namespace has no parameters of its own in the files
+            else:  # a seed namespace's, when the catalog was not made by ProjectContext
                 catalog[name] = settings
         names = {node.name for node in pipeline.nodes}
         self._knn = any(is_node(name, PROBE_NODE) for name in names)

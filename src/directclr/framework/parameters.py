@@ -3,7 +3,9 @@
 * every ``--params`` key, and every key of the environment's parameter files, names a known
   setting (a misspelled one would otherwise be ignored): :class:`CheckedConfigLoader`, the
   project's config loader, also names the file of a duplicate key;
-* every run's training settings, merged and validated once (:func:`run_settings_of`);
+* every run's training settings, merged and validated once (:func:`run_settings_of`), and
+  the parameters of each comparison's seed namespaces, which no file holds
+  (:func:`seed_run_parameters`);
 * the runs fit the prepared data: a batch, and the kNN probe's k, no larger than the
   training split (:func:`check_runs_fit_data`).
 
@@ -24,7 +26,7 @@ from kedro.config import OmegaConfigLoader
 from omegaconf import OmegaConf
 from pydantic import BaseModel
 
-from directclr.comparison import lookup, split_seed_namespace
+from directclr.comparison import lookup, seed_namespace, split_seed_namespace
 from directclr.errors import BadSettingError
 from directclr.pipelines.sections import SETTINGS_SECTIONS, settings_class
 
@@ -266,6 +268,34 @@ def run_settings_of(params: dict[str, Any], runs: list[str]) -> dict[str, Any]:
             overrides = {**overrides, "seed": seed}
         settings[run] = run_settings(recipe, overrides, owner)
     return settings
+
+
+def seed_run_parameters(params: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The parameters of every comparison's seed namespaces, as the files would give them:
+    ``<comparison>.<run>.seed_<n>.pretraining`` is the run's own
+    ``<comparison>.<run>.pretraining`` with the namespace's seed. The registry makes one
+    namespace per seed (:func:`directclr.pipeline_registry.comparison_pipeline`), whose
+    pretraining (or random_init) node reads ``params:<namespace>.pretraining``, a parameter no
+    file holds. The project's context adds them to the catalog, so that what reads the catalog
+    outside a run (kedro-viz) finds them; before a run, the project's hook replaces each with
+    the run's merged and validated settings (:func:`run_settings_of`). A comparison whose
+    ``seeds`` or runs are malformed is left out here: the hook names it before any node runs."""
+    from directclr.pipeline_registry import comparison_layout
+
+    try:
+        layout = comparison_layout(params)
+    except (TypeError, ValueError):
+        return {}
+    found = {}
+    for name, (runs, seeds) in layout.items():
+        for run in runs:
+            overrides = lookup(params, f"{name}.{run}.pretraining")
+            if not isinstance(overrides, dict):
+                continue
+            for seed in seeds:
+                namespace = seed_namespace(name, run, seed)
+                found[f"{namespace}.pretraining"] = {**overrides, "seed": seed}
+    return found
 
 
 def setting_name(params: dict[str, Any], run: str, key: str) -> str:

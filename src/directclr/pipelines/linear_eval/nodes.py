@@ -3,7 +3,6 @@ from __future__ import annotations
 import logging
 
 import matplotlib.pyplot as plt
-from rich.markup import escape
 
 from directclr.evaluation import LinearEvalConfig, evaluate_embeddings, evaluation_summary
 from directclr.models import artifact_config
@@ -24,6 +23,6 @@ def evaluate_linear_probe(
     classes = dataset.get("classes") or [str(c) for c in range(confusion.shape[0])]
     title = f"linear probe on r: top-1 {metrics['linear_probe_accuracy_r']:.4f}"
     figure = confusion_figure(confusion, list(classes), title)
-    # Kedro's console log renders rich markup, where "[d0:]" would read as a tag.
-    logger.info(escape(evaluation_summary(metrics)))
+    # In a terminal Kedro's log renders rich markup, where "[d0:]" would read as a tag.
+    logger.info(evaluation_summary(metrics), extra={"markup": False})
     return metrics, figure

@@ -4,7 +4,6 @@ import logging
 
 import matplotlib.pyplot as plt
 import pandas as pd
-from rich.markup import escape
 
 from directclr.collapse import SpectrumConfig, collapse_summary, measure_collapse, spectra_figure
 from directclr.models import artifact_config
@@ -25,6 +24,6 @@ def compute_spectrum(
         spectrum_history, "spectrum over training (fixed probe batch)", time="epoch"
     )
     for line in collapse_summary(metrics):
-        # Kedro's console log renders rich markup, where "[d0:]" would read as a tag.
-        logger.info(escape(line))
+        # In a terminal Kedro's log renders rich markup, where "[d0:]" would read as a tag.
+        logger.info(line, extra={"markup": False})
     return table, metrics, figure, history_figure
