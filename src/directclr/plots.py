@@ -18,7 +18,7 @@ from directclr.analysis import log_spectrum  # noqa: E402
 
 def _finish(fig: plt.Figure, ax: plt.Axes, note: str) -> plt.Figure:
     """Say in small print what the axes show, lay the figure out and detach it from pyplot."""
-    ax.text(0.01, 0.01, textwrap.fill(note, 90), transform=ax.transAxes, fontsize=7, color="0.4")
+    ax.text(0.01, 0.01, note, transform=ax.transAxes, fontsize=7, color="0.4")
     fig.tight_layout()
     plt.close(fig)
     return fig
@@ -60,7 +60,8 @@ def spectrum_figure(
         ax.text(rank_limit, 0.98, " N - 1", transform=ax.get_xaxis_transform(), va="top",
                 fontsize=7, color="0.4")  # fmt: skip
     ax.set_title(title)
-    return _finish(fig, ax, f"{note} (zeros drawn at 1e-20)")
+    # A toy's note names its probe too: wrapped, so it stays inside the axes.
+    return _finish(fig, ax, textwrap.fill(f"{note} (zeros drawn at 1e-20)", 90))
 
 
 def training_history_figure(history: pd.DataFrame, title: str) -> plt.Figure:
