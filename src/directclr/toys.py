@@ -343,6 +343,8 @@ def initial_layer(
 # The two matrices the strong-augmentation toy estimates: Lemma 2's X of the paper, and the
 # exact matrix of the loss the toy trains (only the dot-product loss has one).
 PAPER, TRAINED = "X", "X~"
+# Each matrix's suffix in the tables' columns (negative_x, overlap_trained, ...).
+COLUMN_KEYS = {PAPER: "x", TRAINED: "trained"}
 
 
 class _Theory:
@@ -367,7 +369,7 @@ class _Theory:
         )
         view1, view2 = two_views(x, self.amplitude, self.generator)
         per_batch = {PAPER: toy_theory.paper_matrix(weight, view1, view2, config.temperature)}
-        if config.loss == "dot_product":
+        if TRAINED in self.matrices():
             per_batch[TRAINED] = toy_theory.trained_loss_matrix(
                 weight, view1, view2, config.temperature, bias
             )
@@ -393,30 +395,31 @@ class _Theory:
 
 
 def _observed_directions(
-    weight: torch.Tensor, bias: torch.Tensor | None, config: ToyTraining
+    weight: torch.Tensor, bias: torch.Tensor | None, theory: _Theory
 ) -> dict[str, np.ndarray]:
-    """The collapsed right singular directions (columns) of W, for X, and of W~ = [W | b]
-    with all its d + 1 directions (the null vector of a wide W~ included), for X~."""
+    """For each matrix the theory estimates, the right singular basis (rows) of what it acts
+    on and which of those directions have collapsed: W's for X, and for X~ all d + 1 of
+    W~ = [W | b] (the null vector of a wide W~ included)."""
     observed = {}
-    for name, matrix in ((PAPER, weight), (TRAINED, toy_theory.augmented_weight(weight, bias))):
+    for name in theory.matrices():
+        matrix = weight if name == PAPER else toy_theory.augmented_weight(weight, bias)
         squared, vh = toy_theory.right_singular_basis(matrix)
-        observed[name] = vh[collapsed_directions(squared, config)].T
+        observed[name] = (vh, collapsed_directions(squared, theory.config))
     return observed
 
 
-def _prediction_row(
-    theory: _Theory, observed: dict[str, np.ndarray], dims: dict[str, int]
-) -> dict[str, float]:
+def _prediction_row(theory: _Theory, observed: dict) -> dict[str, float]:
     """How the negative eigenspaces at initialisation overlap the directions of W (W~)
-    collapsed now, and what random subspaces of the same sizes give."""
+    collapsed now (:func:`_observed_directions`), and what random subspaces of the same
+    sizes give."""
     row = {}
-    for name in theory.matrices():
-        key = "x" if name == PAPER else "trained"
-        initial, collapsed = theory.initial[name], observed[name]
+    for name, (basis, is_collapsed) in observed.items():
+        key = COLUMN_KEYS[name]
+        initial, collapsed = theory.initial[name], basis[is_collapsed].T
         row[f"collapsed_{key}_space"] = collapsed.shape[1]
         row[f"overlap_{key}"] = toy_theory.principal_cos2(initial, collapsed)
         row[f"chance_{key}"] = toy_theory.chance_cos2(
-            initial.shape[1], collapsed.shape[1], dims[name]
+            initial.shape[1], collapsed.shape[1], len(basis)
         )
     return row
 
@@ -445,11 +448,10 @@ def strong_augmentation_run(
     probe_generator = _probe_generator(config)
     probe = _probe(config, probe_generator)
     theory = _Theory(config, amplitude)
-    dims = {PAPER: d, TRAINED: d + (bias is not None)}
     noisy = slice(clean, d)
 
     spectra, theory_rows, predictions, losses = [], [], [], []
-    negative, initial = {}, {}
+    negative = {}
     for step, loss in train([weight], amplitude, config, generator, bias):
         if config.probe_fresh and step > 0:
             probe = _probe(config, probe_generator)
@@ -459,9 +461,8 @@ def strong_augmentation_run(
         row = {"noise": noise, "step": step}
         if step % config.theory_every == 0 or step == config.steps:
             for name, estimate in theory.estimate(weight, bias).items():
-                key = "x" if name == PAPER else "trained"
                 negative[name] = int(estimate.negative(config.significance).sum())
-                row[f"negative_{key}"] = negative[name]
+                row[f"negative_{COLUMN_KEYS[name]}"] = negative[name]
                 theory_rows += [
                     {"noise": noise, "step": step, "matrix": name, "index": i + 1,
                      "eigenvalue": float(value), "standard_error": float(error),
@@ -470,18 +471,18 @@ def strong_augmentation_run(
                         zip(estimate.values, estimate.standard_errors, strict=True)
                     )
                 ]  # fmt: skip
-            initial = initial or dict(negative)
-        observed = _observed_directions(weight, bias, config)
-        predictions.append({**row, **_prediction_row(theory, observed, dims)})
+        observed = _observed_directions(weight, bias, theory)
+        predictions.append({**row, **_prediction_row(theory, observed)})
         losses.append(loss)
     prediction = pd.DataFrame(predictions)
     last = prediction.iloc[-1]
-    trained = config.loss == "dot_product"
+    trained = TRAINED in theory.matrices()
+    predicted = {name: vectors.shape[1] for name, vectors in theory.initial.items()}
     w = weight.detach()
     summary = {
         "noise": noise,
-        "predicted_collapsed": initial[PAPER],
-        "predicted_collapsed_trained_loss": initial[TRAINED] if trained else None,
+        "predicted_collapsed": predicted[PAPER],
+        "predicted_collapsed_trained_loss": predicted[TRAINED] if trained else None,
         "negative_x_noisy_share": toy_theory.share_in(theory.initial[PAPER], noisy),
         "observed_collapsed": observed_collapse(lam, config),
         "collapsed_w_final": int(last["collapsed_x_space"]),
