@@ -369,8 +369,9 @@ class TrackRuns:
             )
         for name, value in self._tags.items():
             client.set_tag(self._parent, name, value)
-        # MLflow 3's UI opens an experiment without this tag as a GenAI one (traces,
-        # latency, tokens); these are model-training runs.
+        # These are model-training runs, not a GenAI app's traces: say so to MLflow 3's UI
+        # (a new browser still starts in its GenAI mode; the README's link asks for the
+        # model-training view, which the browser then remembers).
         client.set_experiment_tag(self._experiment, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
         client.update_run(self._parent, name=parent_run_name(run_params, catalog))
 
