@@ -23,7 +23,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from directclr.training.config import merge_settings
 from tests.conftest import REPO
+from tests.test_run import TINY_TRAINING as RUN_TINY_TRAINING
 
 README = REPO / "README.md"
 
@@ -152,9 +154,7 @@ def test_a_misspelled_setting_in_a_command_would_be_caught():
         check_known_settings({"pretraining": {"epoch": 5}}, {"pretraining", "pretraining.epochs"})
 
 
-TINY_TRAINING = {"epochs": 2, "batch_size": 128, "width": 8, "warmup_epochs": 1,
-                 "projector_hidden_dim": 32, "projector_dim": 16, "rank_every": 100,
-                 "lidar_samples": 0}  # fmt: skip
+TINY_TRAINING = {**RUN_TINY_TRAINING, "rank_every": 100, "lidar_samples": 0}
 TINY = {
     "pretraining": TINY_TRAINING,
     "linear_eval": {"max_iter": 300},
@@ -163,13 +163,6 @@ TINY = {
                                 "noise_levels": [0.01, 1.5]},
     "toy_implicit_regularization": {"steps": 40, "record_every": 20, "batch_size": 32},
 }  # fmt: skip
-
-
-def _merged(base: dict, tiny: dict) -> dict:
-    out = dict(base)
-    for key, value in tiny.items():
-        out[key] = _merged(base.get(key, {}), value) if isinstance(value, dict) else value
-    return out
 
 
 def fresh_checkout(target: Path) -> Path:
@@ -187,7 +180,7 @@ def fresh_checkout(target: Path) -> Path:
     base = {}
     for path in sorted((target / "conf" / "base").glob("parameters*.yml")):
         base |= yaml.safe_load(path.read_text()) or {}
-    local = {section: _merged(base[section], TINY[section]) for section in TINY}
+    local = {section: merge_settings(base[section], TINY[section]) for section in TINY}
     (target / "conf" / "local" / "parameters_tiny.yml").write_text(yaml.safe_dump(local))
     return target
 
