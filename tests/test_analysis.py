@@ -214,15 +214,59 @@ def test_float32_chunks_agree_with_float64_for_vectors_with_a_large_mean():
                                atol=1e-7 * reference[0])  # fmt: skip
 
 
-def test_the_accelerator_path_accumulates_the_same_gram_matrix():
-    # No GPU here: run the torch path (used for CUDA tensors) on CPU against the BLAS path.
+def _relu_like(rows: int, dim: int, seed: int) -> np.ndarray:
+    """Non-negative vectors with a power-law spectrum and a large shared mean, as ReLU
+    representations have, and a few exactly collapsed directions."""
+    x = np.random.default_rng(seed).standard_normal((rows, dim)) * np.arange(1, dim + 1) ** -0.75
+    x[:, -3:] = 0.0
+    return np.abs(x) + 0.5
+
+
+@pytest.mark.parametrize("precision", ["float64", "float32"])
+def test_the_accelerator_path_gives_the_cpu_spectra(precision):
+    # No GPU here: the torch path (what a CUDA device runs) on the CPU against BLAS and
+    # LAPACK. In float64 every eigenvalue agrees to 1e-10 of the largest and, above 1e-6 of
+    # it, to 1e-10 of itself; in float32 the two products round differently.
     from directclr import analysis
 
-    x = np.abs(np.random.default_rng(6).standard_normal((900, 24))).astype(np.float32)
-    by_blas = analysis._gram_numpy(x, rows=128, dtype=np.dtype("float32"))
-    by_torch = analysis._gram_torch(torch.from_numpy(x), rows=128, dtype=torch.float32)
+    x = _relu_like(3000, 48, seed=6)
+    cpu = embedding_spectrum(x, chunk_rows=700, precision=precision)
+    dtype = getattr(torch, precision)
+    values = analysis._spectrum_torch(
+        torch.from_numpy(x), torch.device("cpu"), 700, dtype, "x", NumericalError("x")
+    )
+    tolerance = 1e-10 if precision == "float64" else 1e-5
+    for expected, got in zip(
+        (cpu.eigenvalues, cpu.uncentred_eigenvalues, cpu.coordinate_variances), values,
+        strict=True,
+    ):  # fmt: skip
+        assert np.max(np.abs(got - expected)) <= tolerance * expected.max()
+        large = expected > 1e-6 * expected.max()
+        if precision == "float64":
+            np.testing.assert_allclose(got[large], expected[large], rtol=1e-10)
+    # The Gram product itself, chunk by chunk, against BLAS's.
+    by_blas = analysis._gram_numpy(x.astype(np.float32), rows=128, dtype=np.dtype("float32"))
+    by_torch = analysis._gram_torch(torch.from_numpy(x).float(), rows=128, dtype=torch.float32)
     for a, b in zip(by_blas, by_torch, strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(a, b.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_the_accelerator_path_refuses_non_finite_vectors_and_restores_tf32():
+    from directclr import analysis
+
+    x = torch.from_numpy(_relu_like(200, 8, seed=1))
+    x[5, 2] = float("nan")
+    before = torch.backends.cuda.matmul.fp32_precision
+    torch.backends.cuda.matmul.fp32_precision = "tf32"
+    try:
+        with pytest.raises(NumericalError, match=r"embedding spectrum of r \(200 x 8\).*NaN"):
+            analysis._spectrum_torch(
+                x, torch.device("cpu"), 64, torch.float32, "the embedding spectrum of r",
+                NumericalError("the embedding spectrum of r (200 x 8): NaN"),
+            )  # fmt: skip
+        assert torch.backends.cuda.matmul.fp32_precision == "tf32"
+    finally:
+        torch.backends.cuda.matmul.fp32_precision = before
 
 
 @pytest.mark.parametrize("k", [1, 3, 9])
@@ -301,3 +345,18 @@ def test_lidar_of_views_too_large_for_float64_raises_the_projects_error_not_chol
     with pytest.raises(NumericalError, match=r"LiDAR of the views .*NaN or infinite"):
         lidar(views)
     assert lidar(_on_one_line(16 * 4, 64, 1.0).reshape(16, 4, 64)) >= 0  # the same shape, sane
+
+
+def test_one_blas_thread_limits_numpys_blas_and_restores_it():
+    from threadpoolctl import threadpool_info
+
+    from directclr.threads import one_blas_thread
+
+    def blas_threads() -> list[int]:
+        return [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+
+    before = blas_threads()
+    assert before, "numpy's BLAS is loaded"
+    with one_blas_thread():
+        assert blas_threads() == [1] * len(before)
+    assert blas_threads() == before

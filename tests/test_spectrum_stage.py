@@ -199,3 +199,12 @@ def test_collapsed_against_d0_and_alignment_figures():
     assert [ax.get_title() for ax in titled] == ["2 layers", "3 layers"]
     mesh = next(c for c in titled[0].collections if isinstance(c, QuadMesh))
     np.testing.assert_array_equal(np.asarray(mesh.get_array()).reshape(4, 4), np.eye(4))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without one")
+def test_a_spectrum_asked_of_a_missing_gpu_is_refused_before_any_work():
+    with pytest.raises(ValidationError, match="no CUDA GPU is present; use auto or cpu"):
+        SpectrumConfig(device="cuda")
+    from directclr.collapse import spectrum_device
+
+    assert spectrum_device(SpectrumConfig().device) == torch.device("cpu")

@@ -10,6 +10,8 @@ in N.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,9 +19,9 @@ import pandas as pd
 import scipy.linalg
 import torch
 from scipy.linalg import blas
-from threadpoolctl import threadpool_limits
 
 from directclr.errors import UserFacingError
+from directclr.threads import one_blas_thread
 
 CONVENTION = (
     "eigenvalues of the covariance C = 1/N sum (u - mean)(u - mean)^T of the L2-normalised "
@@ -124,59 +126,111 @@ def embedding_spectrum(
     chunk_rows: int | None = None,
     precision: str | None = None,
     vectors: str = "the vectors",
+    device: torch.device | str | None = None,
 ) -> Spectrum:
     """The covariance and second-moment spectra of the L2-normalised rows of ``x``.
 
-    One pass over ``x`` in chunks of ``chunk_rows`` rows (default: about 64 MB per chunk):
-    each chunk is copied, its rows u_i are normalised and shifted by a fixed vector c (the
-    mean direction of the first rows), and G = sum (u_i - c)(u_i - c)^T and
-    s = sum (u_i - c) are accumulated. With m = s / N,
+    One pass over ``x`` in chunks of ``chunk_rows`` rows (default: about 64 MB per chunk on
+    the CPU, 32 MB on an accelerator): each chunk is copied, its rows u_i are normalised and
+    shifted by a fixed vector c (the mean direction of the first rows), and
+    G = sum (u_i - c)(u_i - c)^T and s = sum (u_i - c) are accumulated. With m = s / N,
 
         covariance      C = G / N - m m^T
-        second moment   M = G / N + c m^T + m c^T + c c^T
+        second moment   M = C + (m + c)(m + c)^T       (m + c: the mean of the u_i)
 
     so both come from the one Gram product; the shift keeps the subtraction in C from
     cancelling digits when the vectors share a large mean (ReLU representations do). The
     product runs in ``precision`` ("float32" or "float64"; default: the dtype of ``x``, and
     float32 for any other), chunk by chunk; G, C, M and their eigenvalues are float64. The
     product's machine epsilon sets the noise floor of :attr:`Spectrum.numerical_rank`.
-    ``x`` is not modified and no normalised or centred
-    copy of it is made. On CPU the product is a BLAS symmetric rank-k update (half the work
-    of x.T @ x) and nothing runs on torch's thread pool; on an accelerator it is a matmul.
-    Vectors holding a NaN or an infinity raise :class:`NumericalError` naming ``vectors``.
+    ``x`` is not modified and no normalised or centred copy of it is made.
+
+    Where it runs: on ``device`` (default: where ``x`` is). On the CPU the product is a BLAS
+    symmetric rank-k update (half the work of x.T @ x) and the eigenproblems are LAPACK's,
+    and nothing runs on torch's thread pool. On a CUDA device the chunks travel there one at
+    a time (``x`` may stay on the host), G is accumulated there in float64 (never TF32) and
+    both eigenproblems are solved there in float64; only the eigenvalues come back. Vectors
+    holding a NaN or an infinity raise :class:`NumericalError` naming ``vectors``.
     """
-    on_cpu = not (isinstance(x, torch.Tensor) and x.device.type != "cpu")
+    where = torch.device(device) if device is not None else _device_of(x)
     if isinstance(x, torch.Tensor):
         x = x.detach()
-        if on_cpu and x.dtype not in (torch.float32, torch.float64):
+        if where.type == "cpu" and x.dtype not in (torch.float32, torch.float64):
             x = x.float()  # numpy has no bfloat16
-    if on_cpu:
-        x = np.asarray(x)
+    if where.type == "cpu":
+        x = np.asarray(x.cpu() if isinstance(x, torch.Tensor) else x)
     if x.ndim != 2 or x.shape[0] < 2:
         raise ValueError(f"need a 2-d matrix with at least 2 rows, got shape {tuple(x.shape)}")
     n, d = x.shape
-    rows = chunk_rows or max(1, (1 << 24) // d)
     name = precision or ("float64" if str(x.dtype).endswith("float64") else "float32")
     if name not in ("float32", "float64"):
         raise ValueError(f"precision must be float32 or float64, got {precision!r}")
-    if on_cpu:
-        gram, total, shift = _gram_numpy(x, rows, np.dtype(name))
-    else:
-        gram, total, shift = _gram_torch(x, rows, getattr(torch, name))
-    if not (np.isfinite(gram).all() and np.isfinite(total).all()):
-        raise NumericalError(
-            f"the embedding spectrum of {vectors} ({n} x {d}) cannot be computed: they hold "
-            f"NaN or infinite values; {NUMERICAL_ADVICE}"
-        )
-    g, m = gram / n, total / n
-    covariance = g - np.outer(m, m)
-    second_moment = g + np.outer(shift, m) + np.outer(m, shift) + np.outer(shift, shift)
     eps = float(np.finfo(np.dtype(name)).eps)
-    variances = np.clip(np.diag(covariance).copy(), 0.0, None)
     what = f"the embedding spectrum of {vectors}"
+    unfit = NumericalError(
+        f"{what} ({n} x {d}) cannot be computed: they hold NaN or infinite values; "
+        f"{NUMERICAL_ADVICE}"
+    )
+    if where.type != "cpu":
+        rows = chunk_rows or max(1, (1 << 25) // (d * np.dtype(name).itemsize))
+        lam_c, lam_m, variances = _spectrum_torch(
+            torch.as_tensor(x), where, rows, getattr(torch, name), what, unfit
+        )
+        return Spectrum(lam_c, lam_m, int(n), eps, variances)
+    gram, total, shift = _gram_numpy(x, chunk_rows or max(1, (1 << 24) // d), np.dtype(name))
+    if not (np.isfinite(gram).all() and np.isfinite(total).all()):
+        raise unfit
+    covariance, second_moment = _moment_matrices(gram, total, shift, n)
+    variances = np.clip(np.diag(covariance).copy(), 0.0, None)
     return Spectrum(
         _eigenvalues(covariance, what), _eigenvalues(second_moment, what), int(n), eps, variances
     )
+
+
+def _device_of(x: torch.Tensor | np.ndarray) -> torch.device:
+    return x.device if isinstance(x, torch.Tensor) else torch.device("cpu")
+
+
+def _moment_matrices(gram, total, shift, n: int):
+    """C and M of :func:`embedding_spectrum` from G, s and c (numpy arrays or torch tensors)."""
+    m = total / n
+    covariance = gram / n - m[:, None] * m[None, :]
+    mean = m + shift
+    return covariance, covariance + mean[:, None] * mean[None, :]
+
+
+def _spectrum_torch(
+    x: torch.Tensor,
+    device: torch.device,
+    rows: int,
+    dtype: torch.dtype,
+    what: str,
+    unfit: NumericalError,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Both spectra and the covariance's diagonal of :func:`embedding_spectrum`, computed
+    with torch on ``device`` (float64 for G and the eigenproblems); the host waits on the
+    device twice: for the finiteness check and for the eigenvalues."""
+    gram, total, shift = _gram_torch(x, rows, dtype, device)
+    if not bool(torch.isfinite(gram).all() & torch.isfinite(total).all()):
+        raise unfit
+    covariance, second_moment = _moment_matrices(gram, total, shift, x.shape[0])
+    variances = torch.diagonal(covariance).clamp_min(0.0)
+    lam_c = _eigenvalues_torch(covariance, what)
+    lam_m = _eigenvalues_torch(second_moment, what)
+    result = torch.stack([lam_c, lam_m, variances]).cpu().numpy()
+    return result[0], result[1], result[2].copy()
+
+
+def _eigenvalues_torch(symmetric: torch.Tensor, what: str) -> torch.Tensor:
+    """:func:`_eigenvalues` with torch, on the matrix's device: descending, clamped at zero."""
+    try:
+        lam = torch.linalg.eigvalsh(symmetric)
+    except torch.linalg.LinAlgError as error:
+        raise NumericalError(
+            f"{what} cannot be computed: the eigendecomposition of its {len(symmetric)} x "
+            f"{len(symmetric)} matrix failed ({error}); {NUMERICAL_ADVICE}"
+        ) from error
+    return lam.flip(0).clamp_min(0.0)
 
 
 def _gram_numpy(
@@ -201,19 +255,43 @@ def _gram_numpy(
 
 
 def _gram_torch(
-    x: torch.Tensor, rows: int, dtype: torch.dtype
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """G, s and c of :func:`embedding_spectrum` with torch on ``x``'s device."""
-    shift = torch.nn.functional.normalize(x[:1024].double(), dim=1).mean(dim=0)
-    gram = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64, device=x.device)
-    total = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
-    for start in range(0, x.shape[0], rows):
-        chunk = x[start : start + rows].to(dtype, copy=True)
-        chunk /= torch.linalg.vector_norm(chunk, dim=1, keepdim=True).clamp_min(1e-12)
-        chunk -= shift.to(dtype)
-        gram += (chunk.T @ chunk).double()
-        total += chunk.sum(dim=0, dtype=torch.float64)
-    return gram.cpu().numpy(), total.cpu().numpy(), shift.cpu().numpy()
+    x: torch.Tensor, rows: int, dtype: torch.dtype, device: torch.device | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """G, s and c of :func:`embedding_spectrum` with torch on ``device`` (default: ``x``'s),
+    as float64 tensors there. Chunks of ``rows`` rows travel to the device one at a time; a
+    float64 product accumulates into G directly, a float32 one through a d x d buffer of its
+    own, in true float32 (TF32 is switched off for it: its 10-bit mantissa would make the
+    noise floor a lie)."""
+    device = x.device if device is None else device
+    d = x.shape[1]
+    shift = torch.nn.functional.normalize(x[:1024].to(device, torch.float64), dim=1).mean(dim=0)
+    gram = torch.zeros(d, d, dtype=torch.float64, device=device)
+    total = torch.zeros(d, dtype=torch.float64, device=device)
+    product = None if dtype == torch.float64 else torch.empty(d, d, dtype=dtype, device=device)
+    with _full_precision_matmul():
+        for start in range(0, x.shape[0], rows):
+            chunk = x[start : start + rows].to(device, dtype, copy=True)
+            chunk /= torch.linalg.vector_norm(chunk, dim=1, keepdim=True).clamp_min(1e-12)
+            chunk -= shift.to(dtype)
+            if product is None:
+                gram.addmm_(chunk.T, chunk)
+            else:
+                gram += torch.mm(chunk.T, chunk, out=product)
+            total += chunk.sum(dim=0, dtype=torch.float64)
+    return gram, total, shift
+
+
+@contextmanager
+def _full_precision_matmul() -> Iterator[None]:
+    """Within it, CUDA float32 matmuls are true float32 (IEEE), whatever the process chose
+    (training sets TF32)."""
+    matmul = torch.backends.cuda.matmul
+    before = matmul.fp32_precision
+    matmul.fp32_precision = "ieee"
+    try:
+        yield
+    finally:
+        matmul.fp32_precision = before
 
 
 def _eigenvalues(symmetric: np.ndarray, what: str) -> np.ndarray:
@@ -231,7 +309,7 @@ def _eigenvalues(symmetric: np.ndarray, what: str) -> np.ndarray:
             f"finite in float64 (the vectors are too large); {NUMERICAL_ADVICE}"
         )
     try:
-        with threadpool_limits(limits=1, user_api="blas"):
+        with one_blas_thread():
             lam = scipy.linalg.eigh(
                 symmetric, eigvals_only=True, driver="evd", check_finite=False, overwrite_a=True
             )

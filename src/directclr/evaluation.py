@@ -14,12 +14,12 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import confusion_matrix
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
-from threadpoolctl import threadpool_limits
 
 from directclr.analysis import NUMERICAL_ADVICE, NumericalError, require_finite
 from directclr.data import materialize
 from directclr.models import ModelConfig
 from directclr.projectors import HEAD, TAIL, leading_parts
+from directclr.threads import one_blas_thread
 
 
 class LinearEvalConfig(BaseModel):
@@ -98,7 +98,7 @@ def linear_probe(
     # cores (27 s against 31 s for the grid on 40,000 x 2,048) and up to 40x slower on a
     # loaded machine, where OpenBLAS's waiting threads spin.
     try:
-        with threadpool_limits(1, user_api="blas"):
+        with one_blas_thread():
             return _linear_probe(
                 train_x, np.asarray(train_y), test_x, np.asarray(test_y), sorted(C_grid),
                 validation_fraction, max_iter, tol, seed, what,

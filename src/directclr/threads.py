@@ -1,11 +1,14 @@
-"""Small CPU work on one torch thread."""
+"""Small CPU work on one thread: torch's (:func:`one_cpu_thread`) or BLAS's
+(:func:`one_blas_thread`)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cache
 
 import torch
+from threadpoolctl import ThreadpoolController
 
 
 @contextmanager
@@ -28,3 +31,22 @@ def one_cpu_thread(device: torch.device | str = "cpu") -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+@cache
+def _blas_pools() -> ThreadpoolController:
+    # Finding the loaded BLAS libraries walks every shared library of the process: 5 ms
+    # here, more with CUDA's libraries loaded; once is enough (numpy's and scipy's BLAS are
+    # loaded by the time anything asks).
+    import scipy.linalg  # noqa: F401 - its BLAS, loaded before the libraries are listed
+
+    return ThreadpoolController()
+
+
+@contextmanager
+def one_blas_thread() -> Iterator[None]:
+    """Run numpy's and scipy's BLAS and LAPACK inside the block on one thread (for calls that
+    are memory-bound, where a second thread only fights torch's for the cores); the count is
+    restored after. The libraries are found once per process, not at every call."""
+    with _blas_pools().limit(limits=1, user_api="blas"):
+        yield

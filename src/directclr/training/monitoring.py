@@ -4,6 +4,11 @@ history, and the progress bar and recorder that show it as it goes.
 
 Nothing here changes the model; every measure runs in eval mode without gradient and draws
 its augmented views from a generator of its own, so watching a run never changes its numbers.
+The measures stay where the run computes: on a GPU the guards reduce every tensor there and
+the spectra are float64 Gram products and eigenproblems there
+(:func:`~directclr.analysis.embedding_spectrum`); the host waits on the device a handful of
+times per epoch, not once per tensor. Only LiDAR's views travel to the host (a few hundred
+vectors).
 """
 
 from __future__ import annotations
@@ -37,10 +42,21 @@ LIDAR_COLUMNS = ("lidar_r", "lidar_z")
 # Guards: stop a run that produces garbage, keeping its last good checkpoint
 
 
+def all_finite(tensors: list[torch.Tensor]) -> bool:
+    """Whether every floating tensor of ``tensors`` is finite: one reduction per tensor on
+    its device and one wait for the answer (tensors on one device)."""
+    checks = [torch.isfinite(t).all() for t in tensors if t.is_floating_point()]
+    return not checks or bool(torch.stack(checks).all())
+
+
 def check_finite_state(model: nn.Module, probe: nn.Module, step: int, lr: float) -> None:
     """Stop the run if any parameter or buffer (BatchNorm's running statistics included) is
-    no longer finite: such a model maps every image to the same or to no representation."""
-    for prefix, module in (("model", model), ("online probe", probe)):
+    no longer finite: such a model maps every image to the same or to no representation.
+    Only a state that fails the one fused check is searched tensor by tensor for a name."""
+    modules = (("model", model), ("online probe", probe))
+    if all_finite([t for _, module in modules for t in module.state_dict().values()]):
+        return
+    for prefix, module in modules:
         bad = first_non_finite(module.state_dict())
         if bad is not None:
             raise TrainingDiverged(
@@ -74,13 +90,19 @@ def direction_spread(r: torch.Tensor) -> float:
     out). 0 for vectors that all lie on one line (either way along it), (d - 1) / d at most.
     Unlike the variance, it ignores the vectors' lengths, which may still vary a lot when
     every vector points the same way."""
-    norms = torch.linalg.vector_norm(r, dim=1)
-    u = r[norms > 0] / norms[norms > 0, None]
-    if len(u) == 0:
-        return 0.0
+    return float(_direction_spread(r))
+
+
+def _direction_spread(r: torch.Tensor) -> torch.Tensor:
+    """:func:`direction_spread` as a 0-d tensor on ``r``'s device. Zero rows get weight 0
+    instead of being dropped, so the shapes (and so the work) never depend on the data."""
+    norms = torch.linalg.vector_norm(r, dim=1, keepdim=True)
+    nonzero = norms > 0
+    u = r / torch.where(nonzero, norms, 1.0)
+    count = nonzero.sum()
     gram = u @ u.T if len(u) < u.shape[1] else u.T @ u
-    top = float(torch.linalg.eigvalsh(gram)[-1])
-    return max(0.0, 1.0 - top / len(u))
+    top = torch.linalg.eigvalsh(gram)[-1]
+    return torch.where(count > 0, (1.0 - top / count.clamp_min(1)).clamp_min(0.0), 0.0)
 
 
 def check_not_constant(r: torch.Tensor, step: int, lr: float) -> None:
@@ -93,8 +115,12 @@ def check_not_constant(r: torch.Tensor, step: int, lr: float) -> None:
     a model is garbage, and the measures that follow (the spectrum, LiDAR's Cholesky) would
     fail on it or report nonsense. Only reads ``r``."""
     r = r.double()
-    variance = float(r.var(0, unbiased=False).sum())
-    squared_norm = float((r * r).sum(1).mean())
+    # Non-finite entries fail the variance test; zeroed, they cannot break the eigensolver
+    # that measures the spread in the same trip to the device.
+    finite_r = torch.where(torch.isfinite(r), r, 0.0)
+    variance, squared_norm, spread = torch.stack([
+        r.var(0, unbiased=False).sum(), (r * r).sum(1).mean(), _direction_spread(finite_r)
+    ]).tolist()  # fmt: skip
     advice = "the last checkpoint is kept and this state is not saved. Lower lr or raise "
     advice += "temperature, then run again"
     if not math.isfinite(variance) or variance <= 1e-8 * squared_norm:
@@ -109,7 +135,6 @@ def check_not_constant(r: torch.Tensor, step: int, lr: float) -> None:
             f"of r over the probe batch is {squared_norm:.3g}, above {SQUARED_NORM_MAX:.0e}; "
             f"{advice}"
         )
-    spread = direction_spread(r)
     if spread < DIRECTION_SPREAD_MIN:
         degrees = math.degrees(math.asin(math.sqrt(spread)))
         raise TrainingDiverged(
@@ -161,12 +186,13 @@ class NonFiniteWatch:
 def probe_representation(
     model: ContrastiveModel, images: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """r and z (float32, on CPU) of uint8 ``images``, with the model in eval mode."""
+    """r and z (float32, where the model is) of uint8 ``images``, with the model in eval
+    mode."""
     was_training = model.training
     model.eval()
     r, z = model(images.float() / 255)
     model.train(was_training)
-    return r.float().cpu(), z.float().cpu()
+    return r.float(), z.float()
 
 
 def rank_metrics(spectrum: Spectrum, kind: str) -> dict[str, float]:
@@ -192,9 +218,12 @@ def lidar_metrics(
     r, z = model(batch)
     model.train(was_training)
     n = len(images)
+    # One trip to the host for both (LiDAR's float64 algebra is small: a Cholesky factor of
+    # d x d and an eigenproblem of n x n).
+    both = torch.cat([r.float(), z.float()], dim=1).cpu().reshape(n, views, -1)
     return {
-        "lidar_r": lidar(r.float().cpu().reshape(n, views, -1), vectors="r of the LiDAR images"),
-        "lidar_z": lidar(z.float().cpu().reshape(n, views, -1), vectors="z of the LiDAR images"),
+        "lidar_r": lidar(both[..., : r.shape[1]], vectors="r of the LiDAR images"),
+        "lidar_z": lidar(both[..., r.shape[1] :], vectors="z of the LiDAR images"),
     }
 
 
@@ -202,7 +231,8 @@ def spectrum_record(
     probe_r: torch.Tensor, probe_z: torch.Tensor
 ) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
     """The rank measures of r and z of the probe batch, and the covariance eigenvalues
-    behind them (what the spectrum history keeps)."""
+    behind them (what the spectrum history keeps), computed in float64 where the vectors
+    are."""
     spectrum_r = embedding_spectrum(probe_r.double(), vectors="r of the probe batch")
     spectrum_z = embedding_spectrum(probe_z.double(), vectors="z of the probe batch")
     metrics = rank_metrics(spectrum_r, "r") | rank_metrics(spectrum_z, "z")
