@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from directclr.optim import LARS, build_optimizer, parameter_groups, scaled_lr
+from directclr.optim import LARS, build_optimizer, learning_rate, parameter_groups, scaled_lr
 
 
 def test_lars_step_scales_weight_updates_by_the_trust_ratio():
@@ -45,6 +45,46 @@ def test_biases_and_norm_parameters_are_neither_decayed_nor_adapted():
         assert [g["weight_decay"] for g in opt.param_groups] == [0.1, 0.0]
     with pytest.raises(ValueError, match="optimizer"):
         build_optimizer("adagrad", model, 0.1, 0.0, 0.9)
+
+
+def _paper_learning_rate(step: int, total_steps: int, warmup_steps: int, base_lr: float) -> float:
+    """adjust_learning_rate of the paper's directclr/utils.py, written out: after warmup,
+    q = (1 + cos(pi * t / T)) / 2 and lr = base_lr * q + 0.001 * base_lr * (1 - q)."""
+    if step < warmup_steps:
+        return base_lr * step / warmup_steps
+    t, T = step - warmup_steps, total_steps - warmup_steps
+    q = 0.5 * (1 + math.cos(math.pi * t / T))
+    end_lr = base_lr * 0.001
+    return base_lr * q + end_lr * (1 - q)
+
+
+def test_the_cosine_ends_at_the_final_share_of_lr_as_in_the_paper():
+    # The paper's ImageNet run: 100 epochs of 312 steps, 10 of them warmup, lr 4.8.
+    total, warmup = 100 * 312, 10 * 312
+    for step in [warmup, warmup + 1, 5000, 17000, total - 2, total - 1]:
+        assert learning_rate(step, total, warmup, 4.8, 0.001) == pytest.approx(
+            _paper_learning_rate(step, total, warmup, 4.8), rel=1e-12
+        ), step
+    assert learning_rate(warmup, total, warmup, 4.8, 0.001) == pytest.approx(4.8)
+    assert learning_rate(total, total, warmup, 4.8, 0.001) == pytest.approx(0.0048)
+    # The warmup is one step ahead of the paper's: it reaches lr at its last step.
+    assert _paper_learning_rate(0, total, warmup, 4.8) == 0.0
+    for step in [0, 1, 1559, warmup - 1]:
+        assert learning_rate(step, total, warmup, 4.8, 0.001) == pytest.approx(
+            _paper_learning_rate(step + 1, total, warmup, 4.8), rel=1e-12
+        ), step
+
+
+def test_a_final_share_of_zero_is_the_cosine_to_zero_exactly():
+    # The default: bit for bit what runs computed before the setting existed.
+    for step in range(100):
+        before = (
+            1.7 * (step + 1) / 10
+            if step < 10
+            else 1.7 * 0.5 * (1 + math.cos(math.pi * ((step - 10) / 90)))
+        )
+        assert learning_rate(step, 100, 10, 1.7) == before
+        assert learning_rate(step, 100, 10, 1.7, 0.0) == before
 
 
 def test_learning_rate_scales_with_batch_size():

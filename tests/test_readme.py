@@ -44,7 +44,8 @@ NOT_RUN = {
     "scontrol": "runs on a SLURM cluster",
     "jupyter": "opens an interactive notebook server",
     "kedro viz run": "opens a browser (kedro viz build is run instead)",
-    "--env=paper": "the paper's full settings (minutes; the toys' tests run them shortened)",
+    "--env=paper": "the paper's full settings: ImageNet on GPUs, or the toys for minutes "
+    "(tests/test_paper_env.py and the toys' tests run them shortened)",
     "--pipeline=compare": "a full comparison (minutes; tests/test_compare.py runs it shortened)",
     "--pipeline=projector_ablation": "a full comparison (minutes)",
     "--pipeline=d0_sweep": "a full comparison (minutes)",

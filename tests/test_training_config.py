@@ -46,6 +46,44 @@ def test_a_new_execution_only_field_leaves_the_key_unchanged():
     assert run_key(WithComputedOption(epochs=20), "data") != before
 
 
+def test_an_added_setting_is_keyed_only_away_from_its_default():
+    # final_lr_ratio came after the pinned keys above: at its default (0, the cosine to zero
+    # that those runs used) it leaves every key as it was; another value names another run.
+    assert PretrainingConfig.model_fields["final_lr_ratio"].default == 0.0
+    config = PretrainingConfig(epochs=20, width=4, d0=8, batch_size=64, final_lr_ratio=0.0)
+    assert run_key(config, "data-abc", 1, "cpu", False) == "directclr-e1c7a280edc33f2f"
+    paper = config.model_copy(update={"final_lr_ratio": 0.001})
+    assert run_key(paper, "data-abc", 1, "cpu", False) != "directclr-e1c7a280edc33f2f"
+    other = config.model_copy(update={"final_lr_ratio": 0.01})
+    assert len({run_key(c, "data-abc") for c in (config, paper, other)}) == 3
+
+
+def test_a_setting_added_later_leaves_the_keys_of_earlier_runs_unchanged():
+    from directclr.augment import TwoViewAugmentation, ViewAugmentation
+    from directclr.training.config import added_setting
+
+    class WithAddedOption(PretrainingConfig):
+        label_smoothing: float = added_setting(0.0, ge=0)
+
+    # Also inside nested settings: a new augmentation field at its default.
+    class View(ViewAugmentation):
+        sharpen_p: float = added_setting(0.0, ge=0, le=1)
+
+    class Views(TwoViewAugmentation):
+        view1: View = View(blur_p=1.0, solarize_p=0.0)
+        view2: View = View(blur_p=0.1, solarize_p=0.2)
+
+    class WithAddedAugmentation(PretrainingConfig):
+        augmentation: Views = Views()
+
+    before = run_key(PretrainingConfig(epochs=20), "data")
+    assert run_key(WithAddedOption(epochs=20), "data") == before
+    assert run_key(WithAddedOption(epochs=20, label_smoothing=0.1), "data") != before
+    assert run_key(WithAddedAugmentation(epochs=20), "data") == before
+    sharper = Views(view2=View(blur_p=0.1, solarize_p=0.2, sharpen_p=0.5))
+    assert run_key(WithAddedAugmentation(epochs=20, augmentation=sharper), "data") != before
+
+
 @pytest.mark.parametrize("name", sorted(execution_settings()))
 def test_changing_an_execution_only_setting_keeps_the_key(name):
     other = {

@@ -110,12 +110,23 @@ def build_optimizer(
     raise ValueError(f"unknown optimizer {name!r}; choose lars, sgd or adamw")
 
 
-def learning_rate(step: int, total_steps: int, warmup_steps: int, base_lr: float) -> float:
-    """Linear warmup to ``base_lr``, then cosine decay to zero."""
+def learning_rate(
+    step: int, total_steps: int, warmup_steps: int, base_lr: float, final_lr_ratio: float = 0.0
+) -> float:
+    """Linear warmup to ``base_lr``, then a cosine from ``base_lr`` down to
+    ``final_lr_ratio * base_lr`` (0: down to zero).
+
+    With q = (1 + cos(pi * t / T)) / 2, t the step after warmup and T the steps after
+    warmup, the rate is ``base_lr * q + final_lr_ratio * base_lr * (1 - q)``: the paper's
+    code decays this way to ``0.001 * base_lr``. Its warmup starts from 0 at the first step
+    (``base_lr * step / warmup_steps``); this one reaches ``base_lr`` at the last warmup step
+    (``base_lr * (step + 1) / warmup_steps``), one warmup step ahead of the paper's.
+    """
     if step < warmup_steps:
         return base_lr * (step + 1) / warmup_steps
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return base_lr * 0.5 * (1 + math.cos(math.pi * progress))
+    q = 0.5 * (1 + math.cos(math.pi * progress))
+    return base_lr * (q + final_lr_ratio * (1 - q))
 
 
 def scaled_lr(lr: float, batch_size: int, rule: str) -> float:

@@ -5,7 +5,10 @@ YAML in ``conf/base/parameters_pretraining.yml`` documents the same values, and 
 the two together). A setting that changes how a run is *executed* but not what it computes
 (the device, how often it checkpoints, ...) is marked on its field with
 :func:`execution_setting`; :func:`run_key` leaves the marked settings out, so a checkpoint
-still resumes under other values of them.
+still resumes under other values of them. A setting added after runs were already keyed is
+marked with :func:`added_setting`: left out of the key while at its default (which computes
+what runs made before it computed), so their checkpoints still resume; any other value
+names another run.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import re
 from typing import Any, Literal
 
 import torch
-from pydantic import Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from directclr.augment import TwoViewAugmentation
 from directclr.devices import DeviceSetting, WorkersSetting
@@ -24,12 +27,20 @@ from directclr.errors import UserFacingError
 from directclr.models import ModelConfig
 
 _EXECUTION = "execution_only"
+_ADDED = "keyed_unless_default"
 
 
 def execution_setting(default: Any, **kwargs: Any) -> Any:
     """A field that changes how a run is executed, not what it computes: left out of the
     run's key (:func:`run_key`), so a checkpoint made under another value still resumes."""
     return Field(default, json_schema_extra={_EXECUTION: True}, **kwargs)
+
+
+def added_setting(default: Any, **kwargs: Any) -> Any:
+    """A field added after runs were already keyed, whose ``default`` computes what those
+    runs computed: left out of the run's key (:func:`run_key`) while it equals ``default``,
+    so their checkpoints still resume; any other value is in the key."""
+    return Field(default, json_schema_extra={_ADDED: True}, **kwargs)
 
 
 class PretrainingConfig(ModelConfig):
@@ -45,6 +56,13 @@ class PretrainingConfig(ModelConfig):
     weight_decay: float = Field(1e-4, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     warmup_epochs: int = Field(2, ge=0)
+    final_lr_ratio: float = added_setting(
+        0.0,
+        ge=0,
+        le=1,
+        description="the cosine decays from lr to final_lr_ratio * lr (the paper's code: "
+        "0.001); 0 decays to zero",
+    )
     temperature: float = Field(0.1, gt=0)
     loss: Literal["paper", "ntxent"] = Field(
         "paper",
@@ -116,6 +134,21 @@ def execution_settings(config_class: type[PretrainingConfig] = PretrainingConfig
         for name, field in config_class.model_fields.items()
         if isinstance(field.json_schema_extra, dict) and field.json_schema_extra.get(_EXECUTION)
     }
+
+
+def _left_out_of_key(settings: BaseModel) -> dict[str, Any]:
+    """What :func:`run_key` leaves out of ``settings`` (pydantic's ``exclude``): the fields
+    marked :func:`execution_setting`, those marked :func:`added_setting` while at their
+    default, and the same inside nested settings."""
+    left_out: dict[str, Any] = {}
+    for name, field in type(settings).model_fields.items():
+        marks = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        value = getattr(settings, name)
+        if marks.get(_EXECUTION) or (marks.get(_ADDED) and value == field.default):
+            left_out[name] = True
+        elif isinstance(value, BaseModel) and (nested := _left_out_of_key(value)):
+            left_out[name] = nested
+    return left_out
 
 
 class SettingsError(UserFacingError, ValueError):
@@ -200,13 +233,14 @@ def run_key(
     device_type: str = "cpu",
     bf16: bool = False,
 ) -> str:
-    """A name for a run: a hash of its settings (less the execution-only ones), its data, the
-    number of processes (each process draws its own augmentations), the type of device it
-    computes on (the numerics are the device's: a CUDA run does not continue a CPU
-    checkpoint) and whether it computes in bf16 autocast (what ``precision`` resolved to on
-    that device, :func:`~directclr.devices.resolve_precision`)."""
+    """A name for a run: a hash of its settings (less the execution-only ones, and the added
+    ones while at their defaults), its data, the number of processes (each process draws its
+    own augmentations), the type of device it computes on (the numerics are the device's: a
+    CUDA run does not continue a CPU checkpoint) and whether it computes in bf16 autocast
+    (what ``precision`` resolved to on that device,
+    :func:`~directclr.devices.resolve_precision`)."""
     h = hashlib.sha256()
-    settings = config.model_dump(mode="json", exclude=execution_settings(type(config)))
+    settings = config.model_dump(mode="json", exclude=_left_out_of_key(config))
     h.update(json.dumps(settings, sort_keys=True).encode())
     h.update(data_fingerprint.encode())
     h.update(f"world={world}".encode())

@@ -134,7 +134,7 @@ def pretrain(
             watch = NonFiniteWatch(device, total_steps)
             for b, (batch, batch_labels) in enumerate(source.epoch(epoch, rank, world)):
                 # -- the step: two views, InfoNCE on z, the online probe on the detached r
-                lr = learning_rate(step, total_steps, warmup_steps, base_lr)
+                lr = learning_rate(step, total_steps, warmup_steps, base_lr, config.final_lr_ratio)
                 for group in run.optimizer.param_groups:
                     group["lr"] = lr
                 views = torch.cat([
