@@ -186,12 +186,15 @@ class NonFiniteWatch:
 def probe_representation(
     model: ContrastiveModel, images: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """r and z (float32, where the model is) of uint8 ``images``, with the model in eval
-    mode."""
+    """r and z (float32) of uint8 ``images``, with the model in eval mode: where the model
+    is, for the float64 measures that follow, or on the CPU from a device without float64
+    (Apple's MPS)."""
     was_training = model.training
     model.eval()
     r, z = model(images.float() / 255)
     model.train(was_training)
+    if r.device.type not in ("cpu", "cuda"):
+        r, z = r.cpu(), z.cpu()
     return r.float(), z.float()
 
 
