@@ -14,22 +14,43 @@ machine shared with other work slows them alike. The last line is
 ratio (the spread of those ratios is printed above it), so one noisy repetition does not
 decide; target >= 4.
 
-    python benchmarks/augmentation.py [--quick] [--device cuda]
+First it prints the engine's fixed cost per call (one view), what a launch-bound accelerator
+pays whatever the batch: the host side alone (``draw_parameters``, and packing the parameters
+for a device) at batches 1, 256 and 4096; the whole call on ``--device`` at batches 8 to 64,
+with the fitted intercept (the fixed cost) and slope (the cost per image); and, at batch 256,
+the host-to-device copies one call makes (counted on the meta device) and the tensor
+operations it dispatches (on the CPU; each is a kernel launch on an accelerator). ``--baseline
+REV`` times ``src/directclr/augment.py`` as it was at git revision REV beside it, interleaved,
+for a before/after.
+
+    python benchmarks/augmentation.py [--quick] [--device cuda] [--baseline REV]
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import torch
 import torchvision.transforms as T
 from PIL import Image
+from torch.utils._python_dispatch import TorchDispatchMode
 
-from directclr.augment import TwoViewAugmentation, ViewAugmentation, augment, blur_kernel_size
+import directclr.augment
+from directclr.augment import (
+    TwoViewAugmentation,
+    ViewAugmentation,
+    augment,
+    blur_kernel_size,
+    draw_parameters,
+)
 
 SIZE = 32
 BATCH = 256
@@ -72,6 +93,123 @@ def kornia_view(view: ViewAugmentation, size: int) -> torch.nn.Module:
     )
 
 
+def engine_at(revision: str) -> ModuleType:
+    """``directclr.augment`` as it was at git ``revision`` (for a before/after)."""
+    root = Path(__file__).resolve().parents[1]
+    source = subprocess.run(
+        ["git", "show", f"{revision}:src/directclr/augment.py"],
+        cwd=root, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    module = ModuleType(f"augment_at_{revision}")
+    sys.modules[module.__name__] = module  # pydantic resolves the recipe's annotations there
+    exec(compile(source, f"augment.py@{revision}", "exec"), module.__dict__)
+    return module
+
+
+class Dispatches(TorchDispatchMode):
+    """Counts the tensor operations dispatched inside the block, and among them the copies
+    between devices."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.operations = 0
+        self.copies = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.operations += 1
+        source = {torch.ops.aten._to_copy.default: 0, torch.ops.aten.copy_.default: 1}.get(func)
+        if source is not None and args[source].device != out.device:
+            self.copies += 1
+        return out
+
+
+def seconds_per_call(
+    runs: dict[str, Callable[[ViewAugmentation], object]],
+    views: tuple[ViewAugmentation, ...],
+    device: torch.device,
+    reps: int,
+    calls: int,
+) -> dict[str, float]:
+    """Seconds per call of each of ``runs`` (``calls`` calls of each view in turn, the device's
+    queue drained after them), the median of ``reps`` interleaved repetitions."""
+    seconds: dict[str, list[float]] = {name: [] for name in runs}
+    for run in runs.values():  # warm-up: allocator, caches
+        for view in views:
+            run(view)
+    for _ in range(reps):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            for _ in range(calls):
+                for view in views:
+                    run(view)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            seconds[name].append((time.perf_counter() - start) / (calls * len(views)))
+    return {name: statistics.median(s) for name, s in seconds.items()}
+
+
+def fixed_cost(
+    engines: dict[str, ModuleType],
+    views: tuple[ViewAugmentation, ...],
+    device: torch.device,
+    quick: bool,
+) -> None:
+    """Print the fixed cost per call (one view) of each engine (a ``directclr.augment``)."""
+    reps, calls = (3, 10) if quick else (9, 40)
+    meta = torch.device("meta")
+    generator = torch.Generator().manual_seed(0)
+
+    def row(label: str, seconds: dict[str, float]) -> str:
+        return f"    {label:11s}" + "".join(
+            f"{s * 1e6:{len(n) + 4},.0f} us" for n, s in seconds.items()
+        )
+
+    def whole_call(n: int, on: torch.device) -> dict[str, float]:
+        images = torch.randint(0, 256, (n, 3, SIZE, SIZE), dtype=torch.uint8).to(on)
+        runs = {
+            name: lambda view, e=engine: e.augment(images, view, generator)
+            for name, engine in engines.items()
+        }
+        return seconds_per_call(runs, views, on, reps, calls)
+
+    print(f"Fixed cost per augment call: one view of {SIZE}x{SIZE} RGB uint8 images (the recipe's "
+          f"two views in turn), median of {reps} interleaved repetitions of {calls} calls each"
+          f"{' (--quick: rough)' if quick else ''}")  # fmt: skip
+    print("  host side alone: the parameters drawn and packed for a device (this engine; the copy")
+    print("  to the meta device, which moves no data, stands in for an accelerator's)")
+    for n in (1, 256, 4096):
+
+        def parameters(view: ViewAugmentation, n: int = n) -> object:
+            config = view.scaled()
+            return draw_parameters(n, 3, (SIZE, SIZE), (SIZE, SIZE), config, generator).to(meta)
+
+        print(row(f"batch {n}", seconds_per_call({"": parameters}, views, meta, reps, calls)))
+    print(f"  whole call on {device}:" + "".join(f"    {name}" for name in engines))
+    batches = (8, 16, 32, 64)
+    seconds = {n: whole_call(n, device) for n in batches}
+    for n in batches:
+        print(row(f"batch {n}", seconds[n]))
+    for name in engines:
+        slope, intercept = statistics.linear_regression(
+            batches, [seconds[n][name] for n in batches]
+        )
+        print(f"  {name}: fixed cost {intercept * 1e6:,.0f} us per call + {slope * 1e6:,.1f} us "
+              f"per image (least squares over these batches)")  # fmt: skip
+
+    def dispatched(engine: ModuleType, view: ViewAugmentation, on: torch.device) -> Dispatches:
+        images = torch.zeros(256, 3, SIZE, SIZE, dtype=torch.uint8, device=on)
+        with Dispatches() as seen:
+            engine.augment(images, view, torch.Generator().manual_seed(0))
+        return seen
+
+    for name, engine in engines.items():
+        copies = [dispatched(engine, view, meta).copies for view in views]
+        operations = [dispatched(engine, view, torch.device("cpu")).operations for view in views]
+        print(f"  {name}, one call at batch 256, each view: {copies} host-to-device copies (to "
+              f"the meta device), {operations} tensor operations dispatched (on cpu)")  # fmt: skip
+
+
 def measure(alternatives: dict[str, Callable[[], int]], reps: int) -> dict[str, list[float]]:
     """Images/s of each alternative (a run that returns how many images it processed) in
     each of ``reps`` interleaved repetitions."""
@@ -94,6 +232,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a few seconds: smoke test only")
     parser.add_argument("--device", default="cpu", help="device of the batched engines")
+    parser.add_argument("--baseline", help="git revision whose engine to time beside this one")
     args = parser.parse_args()
     reps, batches, pil_images = (3, 1, 64) if args.quick else (15, 4, 256)
     device = torch.device(args.device)
@@ -101,6 +240,11 @@ def main() -> None:
 
     recipe = TwoViewAugmentation()
     views = (recipe.view1, recipe.view2)
+    engines = {"this engine": directclr.augment}
+    if args.baseline:
+        engines = {f"at {args.baseline}": engine_at(args.baseline), **engines}
+    fixed_cost(engines, views, device, args.quick)
+    print()
     rng = np.random.default_rng(0)
     pool = rng.integers(0, 256, (batches * BATCH, SIZE, SIZE, 3), dtype=np.uint8)
     tensors = torch.from_numpy(pool).permute(0, 3, 1, 2).contiguous().to(device)

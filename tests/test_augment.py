@@ -2,6 +2,7 @@ import pytest
 import torch
 import torchvision.transforms.v2 as T
 import torchvision.transforms.v2.functional as TF
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import directclr.augment as augment_module
 from directclr.augment import (
@@ -17,6 +18,7 @@ from directclr.augment import (
     augment,
     blur_kernel_size,
     color_jitter,
+    draw_parameters,
     gaussian_blur,
     grayscale,
     resized_crop,
@@ -151,21 +153,98 @@ def test_each_jitter_operation_runs_once_on_the_samples_that_draw_it(monkeypatch
             return real(x, params)
 
         monkeypatch.setattr(augment_module, name, counted)
-    real_jitter = augment_module.color_jitter
     drawn = []
-
-    def jitter(images, *params, order, apply):
-        drawn.append(int(apply.sum()))
-        return real_jitter(images, *params, order, apply)
-
+    real_draw = augment_module.draw_parameters
     monkeypatch.setattr(
-        augment_module, "color_jitter", lambda x, *a: jitter(x, *a[:-2], order=a[-2], apply=a[-1])
+        augment_module, "draw_parameters", lambda *a: drawn.append(real_draw(*a)) or drawn[-1]
     )
     augment(
         _images(512), ViewAugmentation(**{**OFF, "jitter_p": 0.8}), torch.Generator().manual_seed(3)
     )
-    assert len(drawn) == 1 and 350 < drawn[0] < 470
-    assert seen == dict.fromkeys(seen, drawn[0]) and len(seen) == 4
+    # Each operation's rows over the four slots are the same set: the jittered samples.
+    rows = drawn[0].rows
+    jittered = [sorted(torch.cat(rows[op:16:4]).tolist()) for op in range(4)]
+    assert jittered[0] == sorted(set(jittered[0])) and jittered.count(jittered[0]) == 4
+    assert 350 < len(jittered[0]) < 470
+    assert seen == dict.fromkeys(seen, len(jittered[0])) and len(seen) == 4
+
+
+def test_a_seed_gives_the_views_it_gave_before_the_draws_were_packed():
+    # Pinned from the engine before its parameters travelled in one packed copy: the same
+    # generator state gives the same views and leaves the generator in the same state.
+    images = _images(16)
+    generator = torch.Generator().manual_seed(7)
+    out = augment(images, ViewAugmentation(blur_p=0.5, solarize_p=0.5), generator)
+    weights = torch.randn(3, 32, 32, generator=torch.Generator().manual_seed(0))
+    expected = [8.2939, -4.4528, -0.2456, -9.9364, 1.1611, -7.7163, -6.1518, 4.6009,
+                -13.9799, -1.6351, -21.4638, -5.6916, -7.2249, 2.8659, -2.0852, 1.2135]  # fmt: skip
+    torch.testing.assert_close(
+        (out * weights).sum(dim=(1, 2, 3)), torch.tensor(expected), atol=2e-3, rtol=0
+    )
+    assert torch.rand(1, generator=generator).item() == 0.7009416818618774
+
+
+class _CrossDeviceCopies(TorchDispatchMode):
+    """Records every copy between devices that the operations inside the block make."""
+
+    def __init__(self):
+        super().__init__()
+        self.copies = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if func is torch.ops.aten._to_copy.default:
+            source = args[0]
+        elif func is torch.ops.aten.copy_.default:
+            source = args[1]
+        else:
+            return out
+        if source.device != out.device:
+            self.copies.append((source.device.type, out.device.type, kwargs))
+        return out
+
+
+def test_a_call_makes_one_non_blocking_copy_to_the_device_and_reads_nothing_back():
+    # On the meta device tensors have shapes but no values: reading one back (.item(),
+    # .tolist(), nonzero) would raise, so the run itself shows no step waits on the device.
+    images = _images(64).to("meta")
+    for config in (ViewAugmentation(blur_p=0.5, solarize_p=0.5), ViewAugmentation(**OFF)):
+        with _CrossDeviceCopies() as seen:
+            out = augment(images, config, torch.Generator().manual_seed(0))
+        assert out.shape == images.shape and out.device.type == "meta"
+        assert [(src, dst, kwargs.get("non_blocking")) for src, dst, kwargs in seen.copies] == [
+            ("cpu", "meta", True)
+        ]
+    with _CrossDeviceCopies() as seen:
+        augment(_images(8), ViewAugmentation(), torch.Generator().manual_seed(0))
+    assert seen.copies == []  # on the host nothing travels
+
+
+def test_packed_parameters_arrive_as_drawn(monkeypatch):
+    drawn = draw_parameters(
+        40,
+        3,
+        (32, 32),
+        (32, 32),
+        ViewAugmentation(solarize_p=0.5),
+        torch.Generator().manual_seed(1),
+    )
+    # The copy to a device replaced by a host copy, so the unpacked values can be read.
+    monkeypatch.setattr(augment_module, "_to", lambda device, tensor: tensor.clone())
+    moved = drawn.to(torch.device("meta"))
+    for name in ("boxes", "flip", "jitter", "sigma"):
+        assert torch.equal(getattr(moved, name), getattr(drawn, name)), name
+    assert [r.tolist() for r in moved.rows] == [r.tolist() for r in drawn.rows]
+    assert all(r.dtype == torch.int64 for r in moved.rows) and moved.flip.dtype == torch.bool
+    assert drawn.to(torch.device("cpu")) is drawn
+
+
+def test_an_operation_on_every_sample_followed_by_one_on_some():
+    # Grayscale on the whole batch hands the next operations a batch they write rows into.
+    config = ViewAugmentation(grayscale_p=1.0, blur_p=0.5, solarize_p=0.5)
+    out = augment(_images(64), config, torch.Generator().manual_seed(0))
+    assert (out[:, 0] == out[:, 1]).all() and (out[:, 1] == out[:, 2]).all()
 
 
 def test_a_generator_off_the_host_is_refused_before_work():

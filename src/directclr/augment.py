@@ -10,17 +10,19 @@ contrast=, saturation=, hue=)``, ``RandomGrayscale(p=)``, ``GaussianBlur(sigma=)
 torchvision's output (``tests/test_augment.py`` checks it against
 ``torchvision.transforms.v2.functional``).
 
-The random parameters of the whole batch are drawn first, on the host from a CPU generator;
-then each operation runs once, on the samples that drew it. Because the draws (and so the
-choice of samples) live on the host, an accelerator never has to report a count back: the
-parameters and row indices travel to it as non-blocking copies, and no step waits on the
+The random parameters of the whole batch are drawn first, on the host from a CPU generator:
+one vectorised draw per parameter, in a fixed order (:func:`draw_parameters`), and the host
+also works out which samples each masked operation touches. Then each operation runs once, on
+the samples that drew it. An accelerator gets all of it in one non-blocking copy from pinned
+memory (:meth:`ViewParameters.to`) and never reports anything back, so no step waits on the
 host. A seed gives the same draws on every device.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +34,11 @@ from directclr.threads import one_cpu_thread
 _LUMA = (0.2989, 0.587, 0.114)
 # The four ColorJitter operations, numbered as torchvision's ``fn_idx``.
 BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)
+# The masked operations, numbered as ViewParameters.rows lists their samples: jitter operation
+# ``op`` in a sample's order slot ``slot`` is ``4 * slot + op``; grayscale, blur and
+# solarisation follow.
+_GRAYSCALE_ROWS, _BLUR_ROWS, _SOLARIZE_ROWS = 16, 17, 18
+_MASKED_OPERATIONS = 19
 
 
 class ViewAugmentation(BaseModel):
@@ -135,37 +142,6 @@ def _bernoulli(n: int, p: float, generator) -> torch.Tensor:
     return torch.rand(n, generator=generator) < p
 
 
-def _to(device: torch.device, tensor: torch.Tensor) -> torch.Tensor:
-    """``tensor`` on ``device``; from the host to a CUDA device through pinned memory, without
-    waiting for the copy."""
-    if tensor.device == device:
-        return tensor
-    if device.type == "cuda" and tensor.device.type == "cpu":
-        return tensor.pin_memory().to(device, non_blocking=True)
-    return tensor.to(device)
-
-
-def _apply_to_rows(
-    out: torch.Tensor,
-    mask: torch.Tensor,
-    fn: Callable[[torch.Tensor, torch.Tensor | slice], torch.Tensor],
-) -> torch.Tensor:
-    """``out`` with ``fn`` applied to the samples where ``mask`` (best on the host) is true;
-    ``out`` is reused.
-
-    ``fn(x, rows)`` transforms the samples ``x`` without modifying them; ``rows`` picks their
-    per-sample parameters (an index tensor on ``out``'s device, or ``slice(None)`` for the
-    whole batch).
-    """
-    rows = mask.nonzero().squeeze(1)
-    if len(rows) == 0:
-        return out
-    if len(rows) == len(out):
-        return fn(out, slice(None))
-    rows = _to(out.device, rows)
-    return out.index_copy_(0, rows, fn(out.index_select(0, rows), rows))
-
-
 def sample_crop_boxes(
     n: int,
     height: int,
@@ -185,31 +161,166 @@ def sample_crop_boxes(
     log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
     target_area = area * _uniform(n * attempts, *scale, generator).view(n, attempts)
     aspect = torch.exp(_uniform(n * attempts, *log_ratio, generator)).view(n, attempts)
-    w = torch.sqrt(target_area * aspect).round()
-    h = torch.sqrt(target_area / aspect).round()
-    fits = (w > 0) & (h > 0) & (w <= width) & (h <= height)
-    first = torch.argmax(fits.int(), dim=1)
+    # Each attempt's (h, w); all the box arithmetic below is on whole numbers, so exact.
+    hw = torch.stack([target_area / aspect, target_area * aspect], dim=2).sqrt_().round_()
+    image = torch.tensor([height, width])
+    fits = ((hw > 0) & (hw <= image)).all(dim=2)
     any_fit = fits.any(dim=1)
-    w = w.gather(1, first[:, None]).squeeze(1)
-    h = h.gather(1, first[:, None]).squeeze(1)
+    hw = hw[torch.arange(n), fits.int().argmax(dim=1)]
 
     in_ratio = width / height
     if in_ratio < ratio[0]:
-        fw, fh = width, round(width / ratio[0])
+        fallback = (round(width / ratio[0]), width)
     elif in_ratio > ratio[1]:
-        fw, fh = round(height * ratio[1]), height
+        fallback = (height, round(height * ratio[1]))
     else:
-        fw, fh = width, height
-    w = torch.where(any_fit, w, torch.full_like(w, fw))
-    h = torch.where(any_fit, h, torch.full_like(h, fh))
+        fallback = (height, width)
+    hw = torch.where(any_fit[:, None], hw, torch.tensor(fallback, dtype=hw.dtype))
 
-    # torchvision: top ~ randint(0, H - h + 1), left ~ randint(0, W - w + 1)
+    # torchvision: top ~ randint(0, H - h + 1), left ~ randint(0, W - w + 1); the fallback
+    # is centred.
+    room = image - hw
     u = torch.rand(n, 2, generator=generator)
-    top = torch.floor(u[:, 0] * (height - h + 1))
-    left = torch.floor(u[:, 1] * (width - w + 1))
-    top = torch.where(any_fit, top, torch.floor((height - h) / 2))
-    left = torch.where(any_fit, left, torch.floor((width - w) / 2))
-    return torch.stack([top, left, h, w], dim=1)
+    top_left = torch.where(any_fit[:, None], (u * (room + 1)).floor_(), (room / 2).floor_())
+    return torch.cat([top_left, hw], dim=1)
+
+
+def _jitter_runs(on: Sequence[bool], channels: int) -> torch.Tensor:
+    """Which of the four jitter operations change images: those ``on``, and for single-channel
+    images only brightness and contrast (saturation and hue leave them as they are, as in
+    torchvision)."""
+    return torch.tensor(
+        [o and (channels == 3 or op in (BRIGHTNESS, CONTRAST)) for op, o in enumerate(on)]
+    )
+
+
+def _jitter_groups(order: torch.Tensor, apply: torch.Tensor, runs: torch.Tensor) -> torch.Tensor:
+    """(N, 4): for each sample and order slot, the masked operation ``4 * slot + op`` that runs
+    there, or ``_MASKED_OPERATIONS`` where none does (jitter not applied, or ``op`` off)."""
+    runs = runs.to(order.device)
+    groups = order + 4 * torch.arange(4, device=order.device)
+    return torch.where(apply[:, None] & runs[order], groups, _MASKED_OPERATIONS)
+
+
+def _rows_by_group(groups: torch.Tensor, count: int) -> tuple[torch.Tensor, ...]:
+    """For each group 0, ..., ``count`` - 1, the samples that belong to it, ascending.
+
+    ``groups`` (N, K) names a group, or a number >= ``count`` for none, per sample and column; a
+    group appears in one column only. One stable sort for all groups: no loop over them.
+    """
+    flat = groups.T.flatten()  # column after column, samples ascending within each
+    sizes = torch.bincount(flat, minlength=count)[:count].tolist()
+    rows = flat.argsort(stable=True)[: sum(sizes)] % len(groups)
+    return rows.split(sizes)
+
+
+def _to(device: torch.device, tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` (on the host) on ``device``; to a CUDA device through pinned memory, without
+    waiting for the copy."""
+    if tensor.device == device:
+        return tensor
+    if device.type == "cuda":
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)
+
+
+@dataclass(frozen=True, eq=False)
+class ViewParameters:
+    """The random parameters of one view of a batch of N images, as :func:`draw_parameters`
+    draws them on the host."""
+
+    boxes: torch.Tensor
+    """(N, 4) crop boxes ``(top, left, height, width)`` in input pixels."""
+    flip: torch.Tensor
+    """(N,) bool: mirror the sample."""
+    jitter: torch.Tensor
+    """(4, N): brightness, contrast and saturation factors and hue shift (rows of operations the
+    recipe turns off are unused)."""
+    sigma: torch.Tensor
+    """(N,) blur sigma in output pixels (unused without blur)."""
+    rows: tuple[torch.Tensor, ...]
+    """For each masked operation (``4 * slot + op`` for jitter, then ``_GRAYSCALE_ROWS``,
+    ``_BLUR_ROWS``, ``_SOLARIZE_ROWS``), the samples it changes, ascending."""
+
+    def to(self, device: torch.device) -> ViewParameters:
+        """These parameters on ``device``; on the host, themselves.
+
+        Elsewhere they travel packed in one float32 buffer (sample indices are exact in float32
+        up to 2 ** 24), in one non-blocking copy, and are sliced there: one copy per call, and
+        nothing read back.
+        """
+        if device.type == "cpu":
+            return self
+        n = len(self.flip)
+        packed = torch.cat(
+            [self.boxes.flatten(), self.flip, self.jitter.flatten(), self.sigma, *self.rows]
+        ).float()
+        boxes, flip, jitter, sigma, rows = _to(device, packed).split(
+            [4 * n, n, 4 * n, n, len(packed) - 10 * n]
+        )
+        return ViewParameters(
+            boxes.view(n, 4),
+            flip.bool(),
+            jitter.view(4, n),
+            sigma,
+            rows.long().split([len(r) for r in self.rows]),
+        )
+
+
+def draw_parameters(
+    n: int,
+    channels: int,
+    image_size: tuple[int, int],
+    size: tuple[int, int],
+    config: ViewAugmentation,
+    generator: torch.Generator | None = None,
+) -> ViewParameters:
+    """The random parameters of one view of ``n`` images of ``channels`` channels and
+    ``image_size`` (height, width) resized to ``size``, drawn on the host from the CPU
+    ``generator``.
+
+    ``config`` is the recipe as it applies (:meth:`ViewAugmentation.scaled`). One vectorised
+    draw per parameter, in a fixed order: crop boxes, flip, then for each operation the recipe
+    turns on, which samples get it and its parameters: jitter (factors, hue shift, order),
+    grayscale, blur (sigma), solarisation.
+    """
+    height, width = image_size
+    boxes = sample_crop_boxes(n, height, width, config.crop_scale, config.crop_ratio, generator)
+    flip = _bernoulli(n, config.hflip_p, generator)
+    never = torch.zeros(n, dtype=torch.bool)
+
+    amounts = (config.brightness, config.contrast, config.saturation, config.hue)
+    jittered, jitter, order = never, torch.zeros(4, n), torch.zeros(n, 4, dtype=torch.long)
+    if config.jitter_p > 0 and any(a > 0 for a in amounts):
+        jittered = _bernoulli(n, config.jitter_p, generator)
+        for op, amount in enumerate(amounts[:HUE]):
+            if amount > 0:
+                jitter[op].uniform_(max(0.0, 1 - amount), 1 + amount, generator=generator)
+        if config.hue > 0:
+            jitter[HUE].uniform_(-config.hue, config.hue, generator=generator)
+        order = torch.rand(n, 4, generator=generator).argsort(dim=1)
+
+    grayed = never
+    if config.grayscale_p > 0 and channels == 3:
+        grayed = _bernoulli(n, config.grayscale_p, generator)
+    blurred, sigma = never, torch.zeros(n)
+    if config.blur_p > 0:
+        blurred = _bernoulli(n, config.blur_p, generator)
+        sigma = _uniform(n, *(s * min(size) for s in config.blur_sigma), generator)
+    solarized = never
+    if config.solarize_p > 0:
+        solarized = _bernoulli(n, config.solarize_p, generator)
+
+    jitter_groups = _jitter_groups(
+        order, jittered, _jitter_runs([a > 0 for a in amounts], channels)
+    )
+    others = torch.where(
+        torch.stack([grayed, blurred, solarized], dim=1),
+        torch.tensor([_GRAYSCALE_ROWS, _BLUR_ROWS, _SOLARIZE_ROWS]),
+        _MASKED_OPERATIONS,
+    )
+    rows = _rows_by_group(torch.cat([jitter_groups, others], dim=1), _MASKED_OPERATIONS)
+    return ViewParameters(boxes, flip, jitter, sigma, rows)
 
 
 def _source_coordinates(start: torch.Tensor, length: torch.Tensor, size: int) -> torch.Tensor:
@@ -309,6 +420,42 @@ def adjust_hue(images: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     return ramp.mul_(chroma[:, None]).neg_().add_(value[:, None])
 
 
+def _apply_to_rows(
+    out: torch.Tensor,
+    rows: torch.Tensor,
+    fn: Callable[[torch.Tensor, torch.Tensor | slice], torch.Tensor],
+) -> torch.Tensor:
+    """``out`` with ``fn`` applied to the samples ``rows`` (distinct, on ``out``'s device);
+    ``out`` is reused.
+
+    ``fn(x, rows)`` transforms the samples ``x`` without modifying them; ``rows`` picks their
+    per-sample parameters (``slice(None)`` for the whole batch). The batch's length and the
+    rows' are shapes, known on the host: nothing is read back from a device.
+    """
+    if len(rows) == 0:
+        return out
+    if len(rows) == len(out):
+        # Later operations write into the result: no expanded view (grayscale's).
+        return fn(out, slice(None)).contiguous()
+    return out.index_copy_(0, rows, fn(out.index_select(0, rows), rows))
+
+
+def _jitter(
+    out: torch.Tensor,
+    factors: Sequence[torch.Tensor | None],
+    rows: Sequence[torch.Tensor],
+) -> torch.Tensor:
+    """``out`` with each colour-jitter operation ``op`` applied, order slot after order slot,
+    to the samples ``rows[4 * slot + op]`` with their ``factors[op]``; ``out`` is reused."""
+    operations = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
+    for slot in range(4):
+        for op, fn in enumerate(operations):
+            out = _apply_to_rows(
+                out, rows[4 * slot + op], lambda x, r, f=fn, p=factors[op]: f(x, p[r])
+            )
+    return out
+
+
 def color_jitter(
     images: torch.Tensor,
     brightness: torch.Tensor | None,
@@ -328,26 +475,13 @@ def color_jitter(
     ``apply`` best on the host, so the choice of rows never waits on a device). Saturation and
     hue leave single-channel images unchanged, as in torchvision.
     """
-    n = images.shape[0]
+    factors = (brightness, contrast, saturation, hue)
     if apply is None:
-        apply = torch.ones(n, dtype=torch.bool, device=order.device)
-    operations = [
-        (BRIGHTNESS, brightness, adjust_brightness),
-        (CONTRAST, contrast, adjust_contrast),
-        (SATURATION, saturation, adjust_saturation),
-        (HUE, hue, adjust_hue),
-    ]
-    operations = [
-        (index, params, fn)
-        for index, params, fn in operations
-        if params is not None and (images.shape[1] == 3 or index in (BRIGHTNESS, CONTRAST))
-    ]
-    out = images.clone()
-    for slot in range(4):
-        for index, params, fn in operations:
-            mask = apply & (order[:, slot] == index)
-            out = _apply_to_rows(out, mask, lambda x, rows, p=params, f=fn: f(x, p[rows]))
-    return out
+        apply = torch.ones(len(images), dtype=torch.bool, device=order.device)
+    runs = _jitter_runs([f is not None for f in factors], images.shape[1])
+    rows = _rows_by_group(_jitter_groups(order, apply, runs), 4 * 4)
+    on_device = _to(images.device, torch.cat(rows)).split([len(r) for r in rows])
+    return _jitter(images.clone(), factors, on_device)
 
 
 def gaussian_blur(images: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
@@ -395,59 +529,42 @@ def augment(
     resized to ``size`` (default: the input size). The order is SimCLR's: crop and resize,
     flip, colour jitter, grayscale, blur, solarise. The random parameters come from
     ``generator``, a CPU generator whatever the images' device (default: torch's global one):
-    the same generator state gives the same draws on every device. On CPU the work runs on one
-    thread whatever ``torch.get_num_threads()`` says (:func:`directclr.threads.one_cpu_thread`).
+    the same generator state gives the same draws on every device. The host's work (the draws;
+    on CPU, the whole view) runs on one thread whatever ``torch.get_num_threads()`` says
+    (:func:`directclr.threads.one_cpu_thread`).
     """
     if generator is not None and generator.device.type != "cpu":
         raise ValueError(
             f"augment draws its parameters on the host: pass a CPU generator "
             f"(torch.Generator()), not one on {generator.device}"
         )
-    with one_cpu_thread(images.device):
-        return _augment(images, config.scaled(), generator, size)
-
-
-def _augment(
-    images: torch.Tensor,
-    config: ViewAugmentation,
-    generator: torch.Generator | None,
-    size: tuple[int, int] | None,
-) -> torch.Tensor:
     n, channels, height, width = images.shape
     if channels not in (1, 3):
         raise ValueError(f"augment takes images with 1 or 3 channels, got {channels}")
-    device = images.device
     size = size or (height, width)
+    config = config.scaled()
+    with one_cpu_thread():
+        drawn = draw_parameters(n, channels, (height, width), size, config, generator)
+        return _apply(images, drawn.to(images.device), config, size)
+
+
+def _apply(
+    images: torch.Tensor, drawn: ViewParameters, config: ViewAugmentation, size: tuple[int, int]
+) -> torch.Tensor:
+    """The view of ``images`` that the parameters ``drawn`` (on the images' device) describe."""
     images = images.float().div_(255) if images.dtype == torch.uint8 else images.float()
-
-    boxes = sample_crop_boxes(n, height, width, config.crop_scale, config.crop_ratio, generator)
-    flip = _bernoulli(n, config.hflip_p, generator)
-    out = resized_crop(images, _to(device, boxes), size, _to(device, flip)).clamp_(0, 1)
-
-    amounts = (config.brightness, config.contrast, config.saturation, config.hue)
-    if config.jitter_p > 0 and any(a > 0 for a in amounts):
-        apply = _bernoulli(n, config.jitter_p, generator)
-        factors = [
-            _to(device, _uniform(n, max(0.0, 1 - a), 1 + a, generator)) if a > 0 else None
-            for a in amounts[:3]
-        ]
-        shift = _uniform(n, -config.hue, config.hue, generator) if config.hue else None
-        order = torch.rand(n, 4, generator=generator).argsort(dim=1)
-        shift = None if shift is None else _to(device, shift)
-        out = color_jitter(out, *factors, shift, order, apply)
-
-    if config.grayscale_p > 0 and channels == 3:
-        gray = _bernoulli(n, config.grayscale_p, generator)
-        out = _apply_to_rows(out, gray, lambda x, rows: grayscale(x).expand_as(x))
-
-    if config.blur_p > 0:
-        blur = _bernoulli(n, config.blur_p, generator)
-        side = min(size)
-        sigma = _to(device, _uniform(n, *(s * side for s in config.blur_sigma), generator))
-        kernel_size = config.blur_kernel_size or blur_kernel_size(*size)
-        out = _apply_to_rows(out, blur, lambda x, rows: gaussian_blur(x, sigma[rows], kernel_size))
-
-    if config.solarize_p > 0:
-        solar = _bernoulli(n, config.solarize_p, generator)
-        out = _apply_to_rows(out, solar, lambda x, rows: solarize(x, config.solarize_threshold))
+    out = resized_crop(images, drawn.boxes, size, drawn.flip).clamp_(0, 1)
+    out = _jitter(out, drawn.jitter, drawn.rows)
+    out = _apply_to_rows(
+        out, drawn.rows[_GRAYSCALE_ROWS], lambda x, rows: grayscale(x).expand_as(x)
+    )
+    kernel_size = config.blur_kernel_size or blur_kernel_size(*size)
+    out = _apply_to_rows(
+        out,
+        drawn.rows[_BLUR_ROWS],
+        lambda x, rows: gaussian_blur(x, drawn.sigma[rows], kernel_size),
+    )
+    out = _apply_to_rows(
+        out, drawn.rows[_SOLARIZE_ROWS], lambda x, rows: solarize(x, config.solarize_threshold)
+    )
     return out.clamp_(0, 1)
