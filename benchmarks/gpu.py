@@ -11,7 +11,7 @@ with its spread; images/s counts an image once for its two views.
    augmentation on, over 3 epochs of the images, the history's images/s of epochs 2 and 3
    (training steps only; epoch 1 warms cuDNN's autotuner up); (b) a bare eager loop: the
    same model, loss and optimizer on two ready-made view tensors already on the GPU, no
-   augmentation, no online probe, 40 steps timed as one block. ``project/bare`` (target
+   augmentation, no online probe, one epoch's steps timed as one block. ``project/bare`` (target
    >= 0.95). MFU: FLOPs per image of a bare step (forward and backward of both views, counted
    by ``torch.utils.flop_counter``) times images/s over the GPU's dense bf16 peak
    (``--peak-tflops``; known for H100 and H200 SXM: 989).
@@ -21,12 +21,15 @@ with its spread; images/s counts an image once for its two views.
    (ranks and spectrum every epoch, LiDAR on 64 images x 4 views): the time spent in the
    end-of-epoch measures (synchronised) over the whole ``pretrain`` call (target <= 0.10).
 4. **The spectrum** stage's analysis of 50,000 x 2,048 float32 vectors against one float32
-   X.T @ X, memory and agreement with the CPU (``benchmarks/spectrum.py --device cuda``;
-   targets ratio <= 3, memory <= 2x the matrix, eigenvalues within 1e-10).
+   X.T @ X, memory and agreement with the CPU (``benchmarks/spectrum.py --device cuda``, the
+   vectors on the GPU, then with ``--from-host``, the vectors on the host as the stage reads
+   them; targets ratio <= 3, memory <= 2x the matrix, eigenvalues within 1e-10).
 5. **lightly** (``pip install -e '.[bench]'``; skipped when it is not installed): its
    ``SimCLRTransform`` per PIL image in a DataLoader (``--workers``), the same model's
    backbone into ``DirectCLRLoss``, the same optimizer, bf16 autocast, channels_last;
-   ``project/lightly`` at batch 256.
+   ``project/lightly`` at batch 256. Its recipe is view 1's for both views with one blur
+   probability (0.55, the mean of the pair's) and no solarisation: ``SimCLRTransform`` cannot
+   make the project's asymmetric pair.
 
 Not measured here: the training step captured as a CUDA graph (not built: it would have to
 be built and checked on a GPU).
@@ -59,8 +62,10 @@ from directclr.training import PretrainingConfig, pretrain
 HERE = Path(__file__).resolve().parent
 SIZE, CHANNELS = 32, 3
 MEAN, STD = [0.5] * CHANNELS, [0.25] * CHANNELS
-# Dense bf16 peaks (no sparsity), from NVIDIA's data sheets, by a word of the device's name.
-PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0}
+# Dense bf16 peaks (no sparsity), from NVIDIA's data sheets, by words of the device's name;
+# the first that matches wins (an "H100" that is neither PCIe nor NVL is the SXM part).
+PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100 NVL": 835.0, "H200": 989.0, "H100": 989.0,
+               "A100": 312.0, "L40S": 362.0}  # fmt: skip
 
 
 def images(count: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -290,11 +295,15 @@ def main() -> None:
     print(f"per-epoch measures (defaults: every epoch, LiDAR 64 x 4) at {args.images:,} images "
           f"per epoch: {median_spread(shares)} of the wall time (target <= 0.10)")  # fmt: skip
 
-    # 4: the spectrum, in a process of its own (its memory is measured from a clean start)
-    spectrum = [sys.executable, str(HERE / "spectrum.py"), f"--device={args.device}"]
-    out = subprocess.run(spectrum + (["--quick"] if args.quick else []), capture_output=True,
-                         text=True, check=True).stdout  # fmt: skip
-    print("spectrum:\n  " + "\n  ".join(out.strip().splitlines()))
+    # 4: the spectrum, in a process of its own (its memory is measured from a clean start):
+    # the vectors on the GPU, then on the host as the spectrum stage reads them
+    for where in ([], ["--from-host"]):
+        command = [sys.executable, str(HERE / "spectrum.py"), f"--device={args.device}", *where]
+        done = subprocess.run(command + (["--quick"] if args.quick else []), capture_output=True,
+                              text=True)  # fmt: skip
+        lines = (done.stdout if done.returncode == 0 else done.stdout + done.stderr).strip()
+        failed = "" if done.returncode == 0 else f" (failed, exit {done.returncode})"
+        print(f"spectrum {' '.join(where)}{failed}:\n  " + "\n  ".join(lines.splitlines()))
 
     # 5: lightly
     try:

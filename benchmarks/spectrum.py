@@ -58,8 +58,8 @@ def embeddings(rows: int, dim: int, device: str, seed: int = 0) -> torch.Tensor:
 PRECISION = "float64"  # the spectrum stage's (directclr.collapse.measure_collapse)
 
 
-def analyse(x: torch.Tensor, precision: str = PRECISION) -> dict:
-    return spectrum_metrics(embedding_spectrum(x, precision=precision))
+def analyse(x: torch.Tensor, precision: str = PRECISION, device: str | None = None) -> dict:
+    return spectrum_metrics(embedding_spectrum(x, precision=precision, device=device))
 
 
 def largest_difference(x: torch.Tensor) -> float:
@@ -92,17 +92,17 @@ def _status_kb(field: str) -> int:
     raise KeyError(field)
 
 
-def memory_child(rows: int, dim: int, device: str, precision: str) -> None:
+def memory_child(rows: int, dim: int, device: str, precision: str, from_host: bool) -> None:
     """Print, as JSON, the matrix size and the analysis's peak memory on top of it."""
-    x = embeddings(rows, dim, device)
+    x = embeddings(rows, dim, "cpu" if from_host else device)
     matrix_mb = x.numel() * x.element_size() / MB
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         before = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
-        analyse(x, precision)
+        analyse(x, precision, device)
         extra_mb = (torch.cuda.max_memory_allocated() - before) / MB
-        kind = "CUDA memory allocated by torch"
+        kind = "CUDA memory allocated by torch" + (" (the matrix on the host)" if from_host else "")
     else:
         Path("/proc/self/clear_refs").write_text("5")  # reset the peak resident set (VmHWM)
         before = _status_kb("VmRSS")
@@ -112,9 +112,10 @@ def memory_child(rows: int, dim: int, device: str, precision: str) -> None:
     print(json.dumps({"matrix_mb": matrix_mb, "extra_mb": extra_mb, "kind": kind}))
 
 
-def measure_memory(rows: int, dim: int, device: str, precision: str) -> dict:
+def measure_memory(rows: int, dim: int, device: str, precision: str, from_host: bool) -> dict:
     command = [sys.executable, __file__, "--memory-child", f"--rows={rows}", f"--dim={dim}",
                f"--device={device}", f"--precision={precision}"]  # fmt: skip
+    command += ["--from-host"] if from_host else []
     out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -127,32 +128,43 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=2_048)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--precision", default=PRECISION, choices=["float64", "float32"])
+    parser.add_argument(
+        "--from-host",
+        action="store_true",
+        help="keep the vectors on the host and send them to --device chunk by chunk, as the "
+        "spectrum stage does with the vectors it reads (the floor still runs on the device)",
+    )
     parser.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.quick:
         args.rows, args.dim, args.reps = 5_000, 256, 3
     if args.memory_child:
-        memory_child(args.rows, args.dim, args.device, args.precision)
+        memory_child(args.rows, args.dim, args.device, args.precision, args.from_host)
         return
 
-    memory = measure_memory(args.rows, args.dim, args.device, args.precision)
+    memory = measure_memory(args.rows, args.dim, args.device, args.precision, args.from_host)
     x = embeddings(args.rows, args.dim, args.device)
+    source = x.cpu() if args.from_host else x  # what the analysis reads
     product(x[:1024])  # warm-up: BLAS thread pools, allocator
-    analyse(x[:1024], args.precision)
+    analyse(source[:1024], args.precision, args.device)
     _sync(args.device)
     times: dict[str, list[float]] = {"product": [], "analysis": []}
-    runs = (("product", product), ("analysis", lambda x: analyse(x, args.precision)))
+    runs = (
+        ("product", lambda: product(x)),
+        ("analysis", lambda: analyse(source, args.precision, args.device)),
+    )
     for _ in range(args.reps):
         for name, run in runs:
             start = time.perf_counter()
-            run(x)
+            run()
             _sync(args.device)
             times[name].append(time.perf_counter() - start)
     median = {name: statistics.median(t) for name, t in times.items()}
-    metrics = analyse(x, args.precision)
+    metrics = analyse(source, args.precision, args.device)
 
     print(
-        f"{args.rows:,} x {args.dim:,} float32 embeddings on {args.device}, "
+        f"{args.rows:,} x {args.dim:,} float32 embeddings "
+        f"{'on the host, analysed' if args.from_host else ''} on {args.device}, "
         f"{torch.get_num_threads()} threads; {args.precision} Gram product; median of "
         f"{args.reps} interleaved repetitions"
         f"{' (--quick: rough)' if args.quick else ''}"

@@ -256,17 +256,17 @@ def test_the_accelerator_path_refuses_non_finite_vectors_and_restores_tf32():
 
     x = torch.from_numpy(_relu_like(200, 8, seed=1))
     x[5, 2] = float("nan")
-    before = torch.backends.cuda.matmul.fp32_precision
-    torch.backends.cuda.matmul.fp32_precision = "tf32"
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")  # as training sets it on CUDA
     try:
         with pytest.raises(NumericalError, match=r"embedding spectrum of r \(200 x 8\).*NaN"):
             analysis._spectrum_torch(
                 x, torch.device("cpu"), 64, torch.float32, "the embedding spectrum of r",
                 NumericalError("the embedding spectrum of r (200 x 8): NaN"),
             )  # fmt: skip
-        assert torch.backends.cuda.matmul.fp32_precision == "tf32"
+        assert torch.get_float32_matmul_precision() == "high"
     finally:
-        torch.backends.cuda.matmul.fp32_precision = before
+        torch.set_float32_matmul_precision(before)
 
 
 @pytest.mark.parametrize("k", [1, 3, 9])

@@ -145,11 +145,12 @@ def embedding_spectrum(
     product's machine epsilon sets the noise floor of :attr:`Spectrum.numerical_rank`.
     ``x`` is not modified and no normalised or centred copy of it is made.
 
-    Where it runs: on ``device`` (default: where ``x`` is). On the CPU the product is a BLAS
-    symmetric rank-k update (half the work of x.T @ x) and the eigenproblems are LAPACK's,
-    and nothing runs on torch's thread pool. On a CUDA device the chunks travel there one at
-    a time (``x`` may stay on the host), G is accumulated there in float64 (never TF32) and
-    both eigenproblems are solved there in float64; only the eigenvalues come back. Vectors
+    Where it runs: on ``device`` (default: ``x``'s CUDA device, else the CPU). On the CPU
+    the product is a BLAS symmetric rank-k update (half the work of x.T @ x) and the
+    eigenproblems are LAPACK's, and nothing runs on torch's thread pool. On a CUDA device
+    the chunks travel there one at a time from pinned memory without waiting (``x`` may stay
+    on the host), G is accumulated there in ``precision`` (never TF32) and both
+    eigenproblems are solved there in float64; only the eigenvalues come back. Vectors
     holding a NaN or an infinity raise :class:`NumericalError` naming ``vectors``.
     """
     where = torch.device(device) if device is not None else _device_of(x)
@@ -188,7 +189,10 @@ def embedding_spectrum(
 
 
 def _device_of(x: torch.Tensor | np.ndarray) -> torch.device:
-    return x.device if isinstance(x, torch.Tensor) else torch.device("cpu")
+    """Where a spectrum of ``x`` runs by default: its CUDA device, else the CPU (Apple's MPS
+    has no float64)."""
+    on_cuda = isinstance(x, torch.Tensor) and x.device.type == "cuda"
+    return x.device if on_cuda else torch.device("cpu")
 
 
 def _moment_matrices(gram, total, shift, n: int):
@@ -208,8 +212,9 @@ def _spectrum_torch(
     unfit: NumericalError,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Both spectra and the covariance's diagonal of :func:`embedding_spectrum`, computed
-    with torch on ``device`` (float64 for G and the eigenproblems); the host waits on the
-    device twice: for the finiteness check and for the eigenvalues."""
+    with torch on ``device`` (float64 for G and the eigenproblems). The host waits on the
+    device for the finiteness check, for each eigensolver (torch checks its status) and for
+    the result, not for the chunks."""
     gram, total, shift = _gram_torch(x, rows, dtype, device)
     if not bool(torch.isfinite(gram).all() & torch.isfinite(total).all()):
         raise unfit
@@ -270,7 +275,7 @@ def _gram_torch(
     product = None if dtype == torch.float64 else torch.empty(d, d, dtype=dtype, device=device)
     with _full_precision_matmul():
         for start in range(0, x.shape[0], rows):
-            chunk = x[start : start + rows].to(device, dtype, copy=True)
+            chunk = _to_device(x[start : start + rows], device).to(dtype, copy=True)
             chunk /= torch.linalg.vector_norm(chunk, dim=1, keepdim=True).clamp_min(1e-12)
             chunk -= shift.to(dtype)
             if product is None:
@@ -281,17 +286,27 @@ def _gram_torch(
     return gram, total, shift
 
 
+def _to_device(rows: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``rows`` on ``device``: from the host to a CUDA device through pinned memory, without
+    waiting for the copy."""
+    if rows.device == device:
+        return rows
+    if device.type == "cuda" and rows.device.type == "cpu":
+        rows = rows.pin_memory()
+    return rows.to(device, non_blocking=True)
+
+
 @contextmanager
 def _full_precision_matmul() -> Iterator[None]:
-    """Within it, CUDA float32 matmuls are true float32 (IEEE), whatever the process chose
-    (training sets TF32)."""
-    matmul = torch.backends.cuda.matmul
-    before = matmul.fp32_precision
-    matmul.fp32_precision = "ieee"
+    """Within it, float32 matmuls are true float32, whatever the process chose (training
+    asks for TF32 with ``torch.set_float32_matmul_precision("high")``: the same switch is
+    used here, so the two never mix torch's old and new precision settings)."""
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
     try:
         yield
     finally:
-        matmul.fp32_precision = before
+        torch.set_float32_matmul_precision(before)
 
 
 def _eigenvalues(symmetric: np.ndarray, what: str) -> np.ndarray:

@@ -529,9 +529,10 @@ def augment(
     resized to ``size`` (default: the input size). The order is SimCLR's: crop and resize,
     flip, colour jitter, grayscale, blur, solarise. The random parameters come from
     ``generator``, a CPU generator whatever the images' device (default: torch's global one):
-    the same generator state gives the same draws on every device. The host's work (the draws;
-    on CPU, the whole view) runs on one thread whatever ``torch.get_num_threads()`` says
-    (:func:`directclr.threads.one_cpu_thread`).
+    the same generator state gives the same draws on every device. On CPU the work runs on one
+    thread whatever ``torch.get_num_threads()`` says (:func:`directclr.threads.one_cpu_thread`);
+    elsewhere the thread count is left alone (the host's draws are far below torch's grain for
+    splitting work, and the setting is the whole process's).
     """
     if generator is not None and generator.device.type != "cpu":
         raise ValueError(
@@ -543,7 +544,7 @@ def augment(
         raise ValueError(f"augment takes images with 1 or 3 channels, got {channels}")
     size = size or (height, width)
     config = config.scaled()
-    with one_cpu_thread():
+    with one_cpu_thread(images.device):
         drawn = draw_parameters(n, channels, (height, width), size, config, generator)
         return _apply(images, drawn.to(images.device), config, size)
 

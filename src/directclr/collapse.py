@@ -63,7 +63,8 @@ class SpectrumConfig(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto",
         description="where the Gram product and eigenproblems run, in float64: auto is the "
-        "CUDA GPU when there is one, else the CPU (the same eigenvalues to about 1e-15)",
+        "CUDA GPU when there is one, else the CPU (the same eigenvalues within 1e-10 of each "
+        "one above 1e-6 of the largest)",
     )
 
     @field_validator("device")
