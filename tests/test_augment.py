@@ -231,7 +231,7 @@ def test_packed_parameters_arrive_as_drawn(monkeypatch):
         torch.Generator().manual_seed(1),
     )
     # The copy to a device replaced by a host copy, so the unpacked values can be read.
-    monkeypatch.setattr(augment_module, "_to", lambda device, tensor: tensor.clone())
+    monkeypatch.setattr(augment_module, "to_device", lambda tensor, device: tensor.clone())
     moved = drawn.to(torch.device("meta"))
     for name in ("boxes", "flip", "jitter", "sigma"):
         assert torch.equal(getattr(moved, name), getattr(drawn, name)), name

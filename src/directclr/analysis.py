@@ -20,6 +20,7 @@ import scipy.linalg
 import torch
 from scipy.linalg import blas
 
+from directclr.devices import to_device
 from directclr.errors import UserFacingError
 from directclr.threads import one_blas_thread
 
@@ -275,7 +276,7 @@ def _gram_torch(
     product = None if dtype == torch.float64 else torch.empty(d, d, dtype=dtype, device=device)
     with _full_precision_matmul():
         for start in range(0, x.shape[0], rows):
-            chunk = _to_device(x[start : start + rows], device).to(dtype, copy=True)
+            chunk = to_device(x[start : start + rows], device).to(dtype, copy=True)
             chunk /= torch.linalg.vector_norm(chunk, dim=1, keepdim=True).clamp_min(1e-12)
             chunk -= shift.to(dtype)
             if product is None:
@@ -284,16 +285,6 @@ def _gram_torch(
                 gram += torch.mm(chunk.T, chunk, out=product)
             total += chunk.sum(dim=0, dtype=torch.float64)
     return gram, total, shift
-
-
-def _to_device(rows: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """``rows`` on ``device``: from the host to a CUDA device through pinned memory, without
-    waiting for the copy."""
-    if rows.device == device:
-        return rows
-    if device.type == "cuda" and rows.device.type == "cpu":
-        rows = rows.pin_memory()
-    return rows.to(device, non_blocking=True)
 
 
 @contextmanager

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from directclr.devices import to_device
 from directclr.threads import one_cpu_thread
 
 # torchvision's rgb_to_grayscale weights (ITU-R 601-2 luma).
@@ -214,16 +215,6 @@ def _rows_by_group(groups: torch.Tensor, count: int) -> tuple[torch.Tensor, ...]
     return rows.split(sizes)
 
 
-def _to(device: torch.device, tensor: torch.Tensor) -> torch.Tensor:
-    """``tensor`` (on the host) on ``device``; to a CUDA device through pinned memory, without
-    waiting for the copy."""
-    if tensor.device == device:
-        return tensor
-    if device.type == "cuda":
-        tensor = tensor.pin_memory()
-    return tensor.to(device, non_blocking=True)
-
-
 @dataclass(frozen=True, eq=False)
 class ViewParameters:
     """The random parameters of one view of a batch of N images, as :func:`draw_parameters`
@@ -255,7 +246,7 @@ class ViewParameters:
         packed = torch.cat(
             [self.boxes.flatten(), self.flip, self.jitter.flatten(), self.sigma, *self.rows]
         ).float()
-        boxes, flip, jitter, sigma, rows = _to(device, packed).split(
+        boxes, flip, jitter, sigma, rows = to_device(packed, device).split(
             [4 * n, n, 4 * n, n, len(packed) - 10 * n]
         )
         return ViewParameters(
@@ -480,7 +471,7 @@ def color_jitter(
         apply = torch.ones(len(images), dtype=torch.bool, device=order.device)
     runs = _jitter_runs([f is not None for f in factors], images.shape[1])
     rows = _rows_by_group(_jitter_groups(order, apply, runs), 4 * 4)
-    on_device = _to(images.device, torch.cat(rows)).split([len(r) for r in rows])
+    on_device = to_device(torch.cat(rows), images.device).split([len(r) for r in rows])
     return _jitter(images.clone(), factors, on_device)
 
 

@@ -30,6 +30,17 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``tensor`` on ``device`` without waiting for the copy: from the host to a CUDA device
+    through pinned memory (so the copy runs beside the host's next work); itself when it is
+    there already."""
+    if tensor.device == device:
+        return tensor
+    if device.type == "cuda" and tensor.device.type == "cpu":
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)
+
+
 # On a CPU with native bf16 (avx512_bf16 or AMX), ``precision: auto`` is bf16 autocast for
 # images of at least this many pixels a side, fp32 below. benchmarks/precision.py found bf16
 # keeps the linear probe on r within the seed spread over 3 seeds on the 8x8 digits (bf16 -

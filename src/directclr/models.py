@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from directclr.backbones import Backbone, Norm, Stem, build_backbone, representation_dim
-from directclr.devices import resolve_device, resolve_precision
+from directclr.devices import resolve_device, resolve_precision, to_device
 from directclr.projectors import DEFAULT_D0, METHODS, Method, build_projector, uses_d0
 
 
@@ -216,9 +216,7 @@ def encode(
         if autocast is None:  # resolved once, from the first batch's image size
             bf16, _ = resolve_precision(precision, target, min(batch.shape[-2:]))
             autocast = torch.autocast(target.type, dtype=torch.bfloat16) if bf16 else nullcontext()
-        if cuda and batch.device.type == "cpu":
-            batch = batch.pin_memory().to(target, non_blocking=True)
-        x = batch.to(target)
+        x = to_device(batch, target)
         x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
         if cuda:
             x = x.contiguous(memory_format=torch.channels_last)
