@@ -164,7 +164,7 @@ def main() -> None:
 
     print(
         f"{args.rows:,} x {args.dim:,} float32 embeddings "
-        f"{'on the host, analysed' if args.from_host else ''} on {args.device}, "
+        f"{'on the host, analysed on' if args.from_host else 'on'} {args.device}, "
         f"{torch.get_num_threads()} threads; {args.precision} Gram product; median of "
         f"{args.reps} interleaved repetitions"
         f"{' (--quick: rough)' if args.quick else ''}"
