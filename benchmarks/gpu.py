@@ -55,9 +55,12 @@ import torch
 
 import directclr.training.loop as training_loop
 from directclr.augment import augment
-from directclr.losses import paper_info_nce
 from directclr.models import build_model
 from directclr.training import PretrainingConfig, pretrain
+
+sys.path.insert(0, str(Path(__file__).parent))
+from peer import lightly_transform  # noqa: E402
+from pretraining import plain_loop  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 SIZE, CHANNELS = 32, 3
@@ -93,28 +96,19 @@ def sync(device: torch.device) -> None:
 
 
 class BareLoop:
-    """The bare eager loop: model, loss and optimizer on two ready-made view tensors."""
+    """The bare eager loop (``benchmarks/pretraining.py``'s plain loop, in channels_last): the
+    model, loss and optimizer on two ready-made view tensors already on the device."""
 
     def __init__(self, settings: PretrainingConfig, device: torch.device) -> None:
         self.device = device
-        cuda = device.type == "cuda"
-        self.model = build_model(settings, CHANNELS, MEAN, STD, settings.seed)
-        self.model = self.model.to(device, memory_format=torch.channels_last).train()
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-3, fused=cuda or None)
-        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
-        self.temperature = settings.temperature
+        self.batch = settings.batch_size
+        self.train_step = plain_loop(settings, device, MEAN, STD, torch.channels_last)
         generator = torch.Generator().manual_seed(1)
-        views = torch.rand(2 * settings.batch_size, CHANNELS, SIZE, SIZE, generator=generator)
-        self.views = views.to(device).contiguous(memory_format=torch.channels_last)
+        shape = (self.batch, CHANNELS, SIZE, SIZE)
+        self.views = [torch.rand(shape, generator=generator).to(device) for _ in range(2)]
 
     def step(self) -> None:
-        with self.autocast:
-            _, z = self.model(self.views)
-        z1, z2 = z.float().chunk(2)
-        loss = paper_info_nce(z1, z2, self.temperature)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        self.train_step(*self.views)
 
     def images_per_s(self, steps: int) -> float:
         self.step()
@@ -123,7 +117,7 @@ class BareLoop:
         for _ in range(steps):
             self.step()
         sync(self.device)
-        return steps * len(self.views) / 2 / (time.perf_counter() - start)
+        return steps * self.batch / (time.perf_counter() - start)
 
     def flops_per_image(self) -> float:
         from torch.utils.flop_counter import FlopCounterMode
@@ -131,7 +125,7 @@ class BareLoop:
         counter = FlopCounterMode(display=False)
         with counter:
             self.step()
-        return counter.get_total_flops() / (len(self.views) / 2)
+        return counter.get_total_flops() / self.batch
 
 
 def project_images_per_s(data, labels, settings: PretrainingConfig) -> tuple[float, float]:
@@ -184,22 +178,15 @@ def median_spread(values: list[float]) -> str:
 
 
 def lightly_images_per_s(data, labels, settings: PretrainingConfig, workers: int) -> float:
-    """lightly's pipeline on the same model and images: images/s of its second epoch."""
+    """lightly's pipeline on the same model and images (``SimCLRTransform`` set to the recipe
+    by ``benchmarks/peer.py``): images/s of its second epoch."""
     import numpy as np
     from lightly.loss import DirectCLRLoss
-    from lightly.transforms import SimCLRTransform
     from PIL import Image
     from torch.utils.data import DataLoader, Dataset
 
     device = torch.device(settings.device)
-    view = settings.augmentation.view1
-    transform = SimCLRTransform(
-        input_size=SIZE, cj_prob=view.jitter_p, cj_bright=view.brightness,
-        cj_contrast=view.contrast, cj_sat=view.saturation, cj_hue=view.hue,
-        min_scale=view.crop_scale[0], random_gray_scale=view.grayscale_p, gaussian_blur=0.55,
-        sigmas=(view.blur_sigma[0] * SIZE, view.blur_sigma[1] * SIZE), vf_prob=0.0,
-        hf_prob=view.hflip_p, rr_prob=0.0, normalize={"mean": MEAN, "std": STD},
-    )  # fmt: skip
+    transform, _ = lightly_transform(settings, MEAN, STD, SIZE)
 
     class Images(Dataset):
         def __init__(self) -> None:

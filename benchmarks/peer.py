@@ -171,9 +171,11 @@ def spread(*samples: list[float]) -> float:
 # lightly, as its documentation uses it
 
 
-def lightly_transform(config: PretrainingConfig, mean: list[float], std: list[float]):
-    """lightly's ``SimCLRTransform`` set to the recipe's two views as far as it can be, and the
-    differences that remain."""
+def lightly_transform(
+    config: PretrainingConfig, mean: list[float], std: list[float], size: int = SIZE
+):
+    """lightly's ``SimCLRTransform`` set to the recipe's two views as far as it can be, for
+    ``size`` px views, and the differences that remain."""
     from lightly.transforms import SimCLRTransform
 
     view1, view2 = config.augmentation.view1.scaled(), config.augmentation.view2.scaled()
@@ -185,9 +187,9 @@ def lightly_transform(config: PretrainingConfig, mean: list[float], std: list[fl
     if differ:
         raise ValueError(f"SimCLRTransform makes both views alike; the recipe's differ in {differ}")
     blur_p = (view1.blur_p + view2.blur_p) / 2
-    sigmas = (view1.blur_sigma[0] * SIZE, view1.blur_sigma[1] * SIZE)
+    sigmas = (view1.blur_sigma[0] * size, view1.blur_sigma[1] * size)
     transform = SimCLRTransform(
-        input_size=SIZE,
+        input_size=size,
         cj_prob=view1.jitter_p,
         cj_strength=1.0,
         cj_bright=view1.brightness,
@@ -206,7 +208,7 @@ def lightly_transform(config: PretrainingConfig, mean: list[float], std: list[fl
     differences = [
         f"blur probability: the recipe's views {view1.blur_p:g} and {view2.blur_p:g}; lightly "
         f"one for both, set to their mean {blur_p:g} (sigma {sigmas[0]:.3g}-{sigmas[1]:.3g} px "
-        f"in both; the project's kernel has {_kernel(view1)} taps, PIL's its own radius)",
+        f"in both; the project's kernel has {_kernel(view1, size)} taps, PIL's its own radius)",
         f"solarisation: the recipe's view 2 at p={view2.solarize_p:g}, view 1 "
         f"{view1.solarize_p:g}; SimCLRTransform has none",
         f"crop: scale ({view1.crop_scale[0]:g}, {view1.crop_scale[1]:g}) in both, but lightly's "
@@ -219,10 +221,10 @@ def lightly_transform(config: PretrainingConfig, mean: list[float], std: list[fl
     return transform, differences
 
 
-def _kernel(view: ViewAugmentation) -> int:
+def _kernel(view: ViewAugmentation, size: int) -> int:
     from directclr.augment import blur_kernel_size
 
-    return view.blur_kernel_size or blur_kernel_size(SIZE, SIZE)
+    return view.blur_kernel_size or blur_kernel_size(size, size)
 
 
 class DigitImages(Dataset):

@@ -87,7 +87,7 @@ def plain_loop(
         views = torch.cat([view1, view2]).to(device, non_blocking=True)
         with autocast:
             _, z = model(views.contiguous(memory_format=memory_format))
-        z1, z2 = z.chunk(2)
+        z1, z2 = z.float().chunk(2)  # the loss in float32, as the project's loop computes it
         loss = paper_info_nce(z1, z2, config.temperature)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
