@@ -127,13 +127,15 @@ class PretrainingConfig(ModelConfig):
         return self
 
 
+def _marked(field: Any, mark: str) -> bool:
+    """Whether a pydantic field carries ``mark`` (:func:`execution_setting`,
+    :func:`added_setting`)."""
+    return isinstance(field.json_schema_extra, dict) and bool(field.json_schema_extra.get(mark))
+
+
 def execution_settings(config_class: type[PretrainingConfig] = PretrainingConfig) -> set[str]:
     """The names of the fields marked with :func:`execution_setting`."""
-    return {
-        name
-        for name, field in config_class.model_fields.items()
-        if isinstance(field.json_schema_extra, dict) and field.json_schema_extra.get(_EXECUTION)
-    }
+    return {name for name, field in config_class.model_fields.items() if _marked(field, _EXECUTION)}
 
 
 def _left_out_of_key(settings: BaseModel) -> dict[str, Any]:
@@ -142,9 +144,8 @@ def _left_out_of_key(settings: BaseModel) -> dict[str, Any]:
     default, and the same inside nested settings."""
     left_out: dict[str, Any] = {}
     for name, field in type(settings).model_fields.items():
-        marks = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
         value = getattr(settings, name)
-        if marks.get(_EXECUTION) or (marks.get(_ADDED) and value == field.default):
+        if _marked(field, _EXECUTION) or (_marked(field, _ADDED) and value == field.default):
             left_out[name] = True
         elif isinstance(value, BaseModel) and (nested := _left_out_of_key(value)):
             left_out[name] = nested
